@@ -1,0 +1,1 @@
+"""The data: ORM tables, pydantic wire schemas and the derived fields of a stored trace."""

@@ -1,0 +1,141 @@
+"""Wire schemas (PRODUCT.md §3, §5, §6). Strict: a wrong type is an error, never coerced."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+#: Serialized size cap of a trace's `meta` (PRODUCT.md §3).
+META_MAX_BYTES = 64 * 1024
+#: Deepest nesting of `meta`: the top-level object is depth 1.
+META_MAX_DEPTH = 32
+
+
+def storable_text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store `text`, or None when it can."""
+    if "\x00" in text:
+        return "contains a NUL character, which PostgreSQL cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate, which is not valid UTF-8"
+    return None
+
+
+def _storable(text: str) -> str:
+    if problem := storable_text_problem(text):
+        raise ValueError(problem)
+    return text
+
+
+def _meta_problem(value: Any, depth: int, path: str) -> str | None:
+    if depth > META_MAX_DEPTH:
+        return f"nesting is deeper than {META_MAX_DEPTH} levels at {path}"
+    if isinstance(value, str):
+        problem = storable_text_problem(value)
+        return f"{path} {problem}" if problem else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if -(2**63) <= value < 2**63 else f"{path} is an integer outside the 64-bit range"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is {value}, which JSON cannot represent"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a non-string key {key!r}"
+            if problem := storable_text_problem(key):
+                return f"key {key!r} of {path} {problem}"
+            if problem := _meta_problem(item, depth + 1, f"{path}.{key}"):
+                return problem
+        return None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if problem := _meta_problem(item, depth + 1, f"{path}[{index}]"):
+                return problem
+        return None
+    return f"{path} holds a {type(value).__name__}, which is not a JSON value"
+
+
+def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    if meta is None:
+        return None
+    if problem := _meta_problem(meta, 1, "meta"):
+        raise ValueError(problem)
+    size = len(orjson.dumps(meta))
+    if size > META_MAX_BYTES:
+        raise ValueError(f"serialized size {size} bytes exceeds maximum of {META_MAX_BYTES}")
+    return meta
+
+
+StorableStr = Annotated[str, AfterValidator(_storable)]
+
+
+class StepIn(BaseModel):
+    """One reasoning step."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    i: int = Field(ge=0, le=2**31 - 1)
+    type: Annotated[StorableStr, Field(min_length=1, max_length=64)]
+    content: Annotated[StorableStr, Field(min_length=1, max_length=20_000)]
+
+
+class TraceIn(BaseModel):
+    """A reasoning trace as producers send it (the seed project's `ReasoningTrace`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    trace_version: Annotated[StorableStr, Field(min_length=1, max_length=64)]
+    prompt: Annotated[StorableStr, Field(min_length=1, max_length=50_000)]
+    final_answer: Annotated[StorableStr, Field(min_length=1, max_length=50_000)]
+    steps: list[StepIn] = Field(min_length=1, max_length=1000)
+    meta: Annotated[dict[str, Any] | None, AfterValidator(_valid_meta)] = None
+
+    @field_validator("steps")
+    @classmethod
+    def _step_indices_unique(cls, steps: list[StepIn]) -> list[StepIn]:
+        seen: set[int] = set()
+        for position, step in enumerate(steps):
+            if step.i in seen:
+                raise ValueError(f"duplicate step index i={step.i} at steps[{position}]")
+            seen.add(step.i)
+        return steps
+
+
+class BatchMessage(BaseModel):
+    """The envelope of an `ingest.batch` task (PRODUCT.md §5); traces are checked separately, one by one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: UUID
+    source: Annotated[StorableStr, Field(min_length=1, max_length=200)]
+    traces: list[Any]
+    enqueued_at: datetime | None = None
+
+
+class StoredTrace(BaseModel):
+    """What a consumer needs to find one stored row (PRODUCT.md §6)."""
+
+    id: int
+    position: int
+    created_at: datetime
+
+
+class IngestResult(BaseModel):
+    """The outcome of one batch: the "ingested" event and the task result carry this summary."""
+
+    batch_id: UUID
+    source: str
+    state: str
+    count: int
+    ingested_at: datetime | None = None
+    published: bool = False
+    traces: list[StoredTrace] = Field(default_factory=list)
+    errors: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Business logic: validation, ingest, publish and reprocessing. Knows nothing about Celery."""

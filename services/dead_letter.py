@@ -1,0 +1,84 @@
+"""Batches that could not be stored are kept, never dropped: `rejected` (permanent) and `failed` (re-drivable)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import func
+
+from models.tables import Batch, BatchState
+from services.errors import TraceError
+
+#: Batch ids for messages whose own batch_id is unusable are derived from their content under this namespace.
+_UNKEYED_NAMESPACE = uuid.UUID("6d1f2c4e-2f43-4a57-9a58-3b7f1f1c2a10")
+
+
+def raw_payload_text(message: Any) -> str:
+    """The message as JSON text, every non-ASCII character (NUL and lone surrogates too) escaped: storable."""
+    return json.dumps(message, ensure_ascii=True, sort_keys=True, default=repr)
+
+
+def payload_hash(raw_payload: str) -> str:
+    return hashlib.sha256(raw_payload.encode()).hexdigest()
+
+
+def batch_id_of(message: Any, raw_payload: str) -> UUID:
+    """The message's batch id, or a stable id derived from its content when it has no usable one."""
+    if isinstance(message, dict):
+        try:
+            return UUID(str(message.get("batch_id")))
+        except ValueError:
+            pass
+    return uuid.uuid5(_UNKEYED_NAMESPACE, payload_hash(raw_payload))
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+
+
+def errors_json(errors: Sequence[TraceError]) -> list[dict[str, Any]]:
+    return [
+        {"trace_index": error.trace_index, "field_path": _storable(error.field_path),
+         "message": _storable(error.message)}
+        for error in errors
+    ]
+
+
+async def record_dead_batch(
+    session: AsyncSession,
+    *,
+    batch_id: UUID,
+    state: BatchState,
+    source: str,
+    errors: Sequence[TraceError],
+    raw_payload: str,
+    content_hash: str,
+    trace_count: int,
+    attempts: int,
+) -> bool:
+    """Keep a batch that was not stored, with its errors and raw payload. Commits.
+
+    Never overwrites an ingested batch: returns False when the id already belongs to one (a corrupt duplicate
+    of a stored batch). A `failed` batch is updated in place, so re-parking is safe.
+    """
+    statement = insert(Batch).values(
+        id=batch_id, source=_storable(source)[:200] or "unknown", state=state, trace_count=trace_count,
+        content_hash=content_hash, attempts=attempts, errors=errors_json(errors), raw_payload=raw_payload,
+        updated_at=func.now(),
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[Batch.id],
+        set_={"state": statement.excluded.state, "attempts": statement.excluded.attempts,
+              "errors": statement.excluded.errors, "updated_at": func.now()},
+        where=Batch.state == BatchState.FAILED,
+    ).returning(Batch.id)
+    recorded = (await session.execute(statement)).scalar_one_or_none() is not None
+    await session.commit()
+    return recorded

@@ -1,0 +1,65 @@
+"""The error hierarchy. The *type* decides what happens: permanent errors are never retried."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class TraceError(NamedTuple):
+    """One problem with one trace; `trace_index` is None when the problem is the batch as a whole."""
+
+    trace_index: int | None
+    field_path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = "batch" if self.trace_index is None else f"trace {self.trace_index}"
+        return f"{where}: {self.field_path}: {self.message}"
+
+
+class IngestError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class BatchRejected(IngestError):
+    """The batch is invalid and will stay invalid: nothing of it was enqueued or stored. Never retried."""
+
+    def __init__(self, errors: Sequence[TraceError]) -> None:
+        self.errors: list[TraceError] = list(errors)
+        shown = "; ".join(str(error) for error in self.errors[:10])
+        more = f" (and {len(self.errors) - 10} more)" if len(self.errors) > 10 else ""
+        super().__init__(f"batch rejected, {len(self.errors)} problem(s): {shown}{more}")
+
+
+class BatchConflict(BatchRejected):
+    """The batch id was already used for different traces: a producer bug, never a retry."""
+
+    def __init__(self, batch_id: object) -> None:
+        super().__init__(
+            [TraceError(None, "batch_id", f"{batch_id} was already used for a batch with different traces")]
+        )
+
+
+class TransientError(IngestError):
+    """A dependency was briefly unavailable; the same call may succeed later."""
+
+
+class PublishFailed(TransientError):
+    """The event could not be appended to the stream; the outbox sweep publishes it later."""
+
+
+class EnqueueFailed(IngestError):
+    """The broker did not accept the batch: the producer knows it was **not** accepted and may retry."""
+
+
+class QueueFull(EnqueueFailed):
+    """Backpressure: the ingest queue is over its depth limit. Retry after `retry_after` seconds."""
+
+    def __init__(self, depth: int, limit: int, retry_after: float) -> None:
+        self.depth = depth
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"ingest queue holds {depth} batches, above the limit of {limit}; retry in {retry_after:.0f} s"
+        )

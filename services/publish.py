@@ -1,0 +1,62 @@
+"""The "ingested" event (PRODUCT.md §6) and marking a batch published. Events go out only after commit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+from uuid import UUID
+
+import orjson
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import func
+
+from models.schemas import IngestResult
+from models.tables import Batch
+from services.errors import PublishFailed
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Where events go. The worker hands in a Redis Stream publisher; it raises `PublishFailed` on failure."""
+
+    async def publish(self, fields: dict[str, str]) -> None: ...
+
+
+def event_fields(result: IngestResult) -> dict[str, str]:
+    """The stream entry of one batch: ids of its stored rows in position order, for consumers to load."""
+    traces = [
+        {"id": trace.id, "position": trace.position, "created_at": trace.created_at.isoformat()}
+        for trace in result.traces
+    ]
+    return {
+        "batch_id": str(result.batch_id),
+        "source": result.source,
+        "count": str(result.count),
+        "ingested_at": result.ingested_at.isoformat() if result.ingested_at else "",
+        "traces": orjson.dumps(traces).decode(),
+    }
+
+
+async def mark_published(session: AsyncSession, batch_id: UUID) -> None:
+    """Record that the batch's event is out. Commits."""
+    await session.execute(
+        update(Batch).where(Batch.id == batch_id, Batch.published_at.is_(None)).values(published_at=func.now())
+    )
+    await session.commit()
+
+
+async def publish_result(session: AsyncSession, result: IngestResult, *, publisher: Publisher) -> IngestResult:
+    """Publish a committed batch's event and mark it published.
+
+    If publishing fails the batch stays unpublished (`published_at` null) and the outbox sweep retries it;
+    the stored rows are untouched. Safe to run again: consumers dedupe events by `batch_id`.
+    """
+    try:
+        await publisher.publish(event_fields(result))
+    except PublishFailed as error:
+        log.warning("batch %s stored but not published yet (%s); the sweep will publish it", result.batch_id, error)
+        return result
+    await mark_published(session, result.batch_id)
+    return result.model_copy(update={"published": True})

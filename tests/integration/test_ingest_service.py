@@ -1,0 +1,146 @@
+"""The ingest service against real PostgreSQL and Redis: one transaction, commit, one bulk SELECT, publish."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from models.derived import derive
+from models.tables import Batch, Trace
+from services.errors import BatchConflict
+from services.ingest import BatchIn, ingest_batch
+from services.validation import validate_traces
+from worker.events import RedisStreamPublisher
+from worker.local_stack import free_port
+from worker.sample_traces import generate_traces
+
+STREAM = "traces:ingested"
+
+
+def make_batch(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> BatchIn:
+    valid = validate_traces(traces, max_batch=1000, max_bytes=8 * 1024 * 1024)
+    return BatchIn(batch_id or uuid.uuid4(), "tests", valid.traces, valid.content_hash)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def publisher(redis_client: Redis) -> RedisStreamPublisher:
+    return RedisStreamPublisher(redis_client, STREAM, 10_000)
+
+
+async def stream_events(redis_client: Redis) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in await redis_client.xrange(STREAM)]
+
+
+async def test_batch_is_stored_whole_and_announced_with_its_row_ids(
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, redis_client: Redis
+) -> None:
+    traces = list(generate_traces(25))
+    batch = make_batch(traces)
+    async with sessions() as session:
+        result = await ingest_batch(session, batch, publisher=publisher)
+
+    assert result.count == 25 and result.published
+    assert [t.position for t in result.traces] == list(range(25))
+    async with sessions() as session:
+        rows = (await session.scalars(select(Trace).order_by(Trace.position))).all()
+        stored_batch = await session.get(Batch, batch.batch_id)
+    assert [row.id for row in rows] == [t.id for t in result.traces]
+    for row, trace in zip(rows, traces, strict=True):
+        assert {"trace_version": row.trace_version, "prompt": row.prompt, "final_answer": row.final_answer,
+                "steps": row.steps, "meta": row.meta} == trace
+        assert (row.step_count, row.total_chars, row.content_hash) == tuple(derive(trace))
+    assert stored_batch is not None and stored_batch.published_at is not None
+    events = await stream_events(redis_client)
+    assert len(events) == 1
+    assert events[0][b"batch_id"] == str(batch.batch_id).encode() and events[0][b"count"] == b"25"
+
+
+async def test_rerun_of_a_stored_batch_stores_nothing_and_publishes_nothing_new(
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, redis_client: Redis
+) -> None:
+    batch = make_batch(list(generate_traces(10)))
+    async with sessions() as session:
+        first = await ingest_batch(session, batch, publisher=publisher)
+    async with sessions() as session:
+        again = await ingest_batch(session, batch, publisher=publisher)
+
+    assert again.traces == first.traces
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Trace)) == 10
+    assert len(await stream_events(redis_client)) == 1
+
+
+async def test_same_batch_id_with_other_traces_is_a_conflict_and_changes_nothing(
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher
+) -> None:
+    batch = make_batch(list(generate_traces(3)))
+    async with sessions() as session:
+        await ingest_batch(session, batch, publisher=publisher)
+    other = make_batch(list(generate_traces(3, seed=7)), batch_id=batch.batch_id)
+    async with sessions() as session:
+        with pytest.raises(BatchConflict, match="different traces"):
+            await ingest_batch(session, other, publisher=publisher)
+        prompts = (await session.scalars(select(Trace.prompt).order_by(Trace.position))).all()
+    assert prompts == [t["prompt"] for t in batch.traces]
+
+
+async def test_one_select_after_commit_reads_back_a_batch_of_1000(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher
+) -> None:
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: statements.append(statement.lstrip().split()[0].upper()))
+    event.listen(engine.sync_engine, "commit", lambda _conn: statements.append("COMMIT"))
+
+    async with sessions() as session:
+        result = await ingest_batch(session, make_batch(list(generate_traces(1000))), publisher=publisher)
+
+    assert result.count == 1000
+    after_data_commit = statements[statements.index("COMMIT") + 1:]
+    assert after_data_commit.count("SELECT") == 1
+    assert statements.count("INSERT") == 2  # the batch row and one statement for all 1,000 traces
+
+
+async def test_unreachable_stream_leaves_the_batch_stored_but_unpublished(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    dead_redis = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    batch = make_batch(list(generate_traces(4)))
+    async with sessions() as session:
+        result = await ingest_batch(session, batch, publisher=RedisStreamPublisher(dead_redis, STREAM, 100))
+    await dead_redis.aclose()
+
+    assert result.count == 4 and not result.published
+    async with sessions() as session:
+        stored = await session.get(Batch, batch.batch_id)
+    assert stored is not None and stored.published_at is None
+
+
+async def test_concurrent_duplicate_deliveries_store_one_copy(
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher
+) -> None:
+    batch = make_batch(list(generate_traces(200)))
+
+    async def deliver() -> int:
+        async with sessions() as session:  # each delivery has its own session, as two workers would
+            return (await ingest_batch(session, batch, publisher=publisher)).count
+
+    counts = await asyncio.gather(deliver(), deliver(), deliver())
+
+    assert counts == [200, 200, 200]
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Trace)) == 200

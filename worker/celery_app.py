@@ -1,0 +1,71 @@
+"""The Celery app and its configuration, built lazily from the settings so tests can change them first."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+#: Queue of scheduled and operator jobs, kept apart so they never wait behind a backlog of batches.
+REPROCESS_QUEUE = "reprocess"
+
+
+def _tls_options(url: str) -> dict[str, Any] | None:
+    if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
+        return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return None
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings that make delivery at-least-once and every task idempotent-safe (PRODUCT.md §8)."""
+    longest_task = settings.task_time_limit_s + settings.retry_backoff_max_s
+    if settings.visibility_timeout_s <= longest_task:
+        raise ValueError(
+            f"VISIBILITY_TIMEOUT_S ({settings.visibility_timeout_s}) must exceed the task time limit plus the "
+            f"longest retry delay ({longest_task}); otherwise Redis redelivers tasks that are still running"
+        )
+    redis_url = settings.redis_url.get_secret_value()
+    tls = _tls_options(redis_url)
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "broker_use_ssl": tls,
+        "redis_backend_use_ssl": tls,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        # Producers must learn quickly that Redis is unreachable (EnqueueFailed), not hang.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2,
+                                      "interval_max": 0.5},
+        "broker_connection_timeout": 3,
+        # JSON only: a pickled message is refused before anything runs.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Ack after the task ran, redeliver if its process died; we count deliveries ourselves.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": 10.0,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child_kb,
+        "result_expires": settings.result_expires_s,
+        "task_default_queue": REPROCESS_QUEUE,
+        "task_routes": {"ingest.batch": {"queue": settings.ingest_queue}},
+        "task_track_started": False,
+        "worker_send_task_events": True,
+        "redbeat_redis_url": redis_url,
+        "redbeat_lock_timeout": 30,
+        "beat_max_loop_interval": 5,
+    }
+
+
+app = Celery("tunix_ingest", include=["worker.tasks"])
+app.add_defaults(lambda: celery_config(get_settings()))

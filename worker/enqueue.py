@@ -1,0 +1,97 @@
+"""The producer API (PRODUCT.md §4): validate a batch, then place it on Redis as one `ingest.batch` task."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import NamedTuple
+from uuid import UUID, uuid4
+
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis import Redis
+from redis.exceptions import RedisError
+
+from models.schemas import storable_text_problem
+from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull, TraceError
+from services.validation import validate_traces
+from worker.celery_app import app
+from worker.settings import get_settings, redact
+
+
+class BatchReceipt(NamedTuple):
+    """Proof that Redis accepted the batch. The batch id is also the task id."""
+
+    batch_id: UUID
+    task_id: str
+    trace_count: int
+
+
+@lru_cache
+def _redis(url: str) -> Redis:
+    return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+
+
+def batch_key(batch_id: UUID) -> str:
+    return f"ingest:batch:{batch_id}"
+
+
+def _check_source(source: str) -> None:
+    problem = storable_text_problem(source) if isinstance(source, str) else "must be a string"
+    if problem is None and not 1 <= len(source) <= 200:
+        problem = "must be 1 to 200 characters"
+    if problem:
+        raise BatchRejected([TraceError(None, "source", problem)])
+
+
+def queue_depth() -> int:
+    """Batches waiting in the ingest queue (one LLEN: cheap enough to ask before every enqueue)."""
+    settings = get_settings()
+    return int(_redis(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))  # type: ignore[arg-type]
+
+
+def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
+    """Validate `traces` (pydantic models or plain dicts) and enqueue them as one batch.
+
+    Returns once Redis has accepted the message. Raises `BatchRejected` (nothing enqueued) for invalid input,
+    `BatchConflict` if `batch_id` was used for other traces, `QueueFull` when the queue is over its limit and
+    `EnqueueFailed` when Redis cannot be reached. Retrying with the same `batch_id` and traces is safe.
+    """
+    settings = get_settings()
+    _check_source(source)
+    valid = validate_traces(list(traces), max_batch=settings.ingest_max_batch,
+                            max_bytes=settings.ingest_max_batch_bytes)
+    batch_id = batch_id or uuid4()
+    redis = _redis(settings.redis_url.get_secret_value())
+    try:
+        depth = int(redis.llen(settings.ingest_queue))  # type: ignore[arg-type]
+        if depth >= settings.ingest_max_queue_depth:
+            raise QueueFull(depth, settings.ingest_max_queue_depth,
+                            retry_after=min(60.0, 1.0 + 10.0 * depth / settings.ingest_max_queue_depth))
+        key = batch_key(batch_id)
+        first_use = redis.set(key, valid.content_hash, nx=True, ex=settings.ingest_batch_key_ttl_s)
+        if not first_use and redis.get(key) != valid.content_hash.encode():
+            raise BatchConflict(batch_id)
+        try:
+            app.send_task(
+                "ingest.batch",
+                kwargs={"batch_id": str(batch_id), "source": source, "traces": valid.traces,
+                        "enqueued_at": datetime.now(UTC).isoformat()},
+                task_id=str(batch_id),
+                queue=settings.ingest_queue,
+            )
+        except BaseException:
+            if first_use:
+                redis.delete(key)
+            raise
+    except (RedisError, KombuOperationalError, OSError) as error:
+        raise EnqueueFailed(redact(f"Redis did not accept the batch: {type(error).__name__}: {error}")) from None
+    return BatchReceipt(batch_id, str(batch_id), len(valid.traces))
+
+
+async def enqueue_batch_async(
+    traces: Sequence[object], *, source: str, batch_id: UUID | None = None
+) -> BatchReceipt:
+    """`enqueue_batch` for async producers: runs in a thread so the event loop never blocks on Redis."""
+    return await asyncio.to_thread(enqueue_batch, traces, source=source, batch_id=batch_id)

@@ -1,0 +1,58 @@
+"""Configuration from the environment (and `.env`). Only the edge (`worker/`) reads it."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the ingest worker. Secrets are `SecretStr` so they never print by accident."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/tunix")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    ingest_queue: str = "ingest"
+    ingest_max_batch: int = Field(1000, ge=1, le=10_000)
+    ingest_max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    ingest_max_queue_depth: int = Field(10_000, ge=1)
+    ingest_events_stream: str = "traces:ingested"
+    ingest_events_maxlen: int = Field(1_000_000, ge=1)
+    #: How long a producer's batch id is remembered for conflict detection at enqueue time.
+    ingest_batch_key_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+
+    #: Redis redelivers an unacked message after this long: the recovery bound for a dead worker host.
+    #: Must stay above the longest task plus the longest retry delay (checked in `worker.celery_config`).
+    visibility_timeout_s: int = Field(300, ge=10)
+    task_soft_time_limit_s: int = Field(60, ge=1)
+    task_time_limit_s: int = Field(90, ge=2)
+    retry_backoff_max_s: int = Field(60, ge=1)
+    max_retries: int = Field(8, ge=0)
+    #: Deliveries of one batch (retries and redeliveries after crashes) before it is parked as `failed`.
+    max_deliveries: int = Field(12, ge=1)
+    result_expires_s: int = Field(6 * 3600, ge=60)
+    worker_max_tasks_per_child: int = Field(1000, ge=1)
+    worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)
+    db_pool_size: int = Field(2, ge=1)
+
+    #: "user:password" for Flower's basic auth; required when Flower listens beyond loopback.
+    flower_basic_auth: SecretStr | None = None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing the environment."""
+    return Settings()
+
+
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<secret>[^@/\s]+)@", re.I)
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`, for logs and error messages."""
+    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>\g<user>:***@", text)
