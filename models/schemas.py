@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 #: Serialized size cap of a trace's `meta` (PRODUCT.md §3).
 META_MAX_BYTES = 64 * 1024
@@ -74,7 +74,11 @@ def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     return meta
 
 
-StorableStr = Annotated[str, AfterValidator(_storable)]
+#: Non-empty strings of at most N characters that PostgreSQL can store.
+Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)]
+Text200 = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
+Text20k = Annotated[str, StringConstraints(min_length=1, max_length=20_000), AfterValidator(_storable)]
+Text50k = Annotated[str, StringConstraints(min_length=1, max_length=50_000), AfterValidator(_storable)]
 
 
 class StepIn(BaseModel):
@@ -83,8 +87,8 @@ class StepIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     i: int = Field(ge=0, le=2**31 - 1)
-    type: Annotated[StorableStr, Field(min_length=1, max_length=64)]
-    content: Annotated[StorableStr, Field(min_length=1, max_length=20_000)]
+    type: Text64
+    content: Text20k
 
 
 class TraceIn(BaseModel):
@@ -92,9 +96,9 @@ class TraceIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    trace_version: Annotated[StorableStr, Field(min_length=1, max_length=64)]
-    prompt: Annotated[StorableStr, Field(min_length=1, max_length=50_000)]
-    final_answer: Annotated[StorableStr, Field(min_length=1, max_length=50_000)]
+    trace_version: Text64
+    prompt: Text50k
+    final_answer: Text50k
     steps: list[StepIn] = Field(min_length=1, max_length=1000)
     meta: Annotated[dict[str, Any] | None, AfterValidator(_valid_meta)] = None
 
@@ -115,7 +119,7 @@ class BatchMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_id: UUID
-    source: Annotated[StorableStr, Field(min_length=1, max_length=200)]
+    source: Text200
     traces: list[Any]
     enqueued_at: datetime | None = None
 

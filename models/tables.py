@@ -70,7 +70,11 @@ class Batch(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_batch_unpublished", "ingested_at", postgresql_where=text("state = 'ingested' AND published_at IS NULL")),
+        Index(
+            "ix_batch_unpublished",
+            "ingested_at",
+            postgresql_where=text("state = 'ingested' AND published_at IS NULL"),
+        ),
         Index("ix_batch_state", "state"),
     )
 

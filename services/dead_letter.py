@@ -45,8 +45,11 @@ def _storable(text: str) -> str:
 
 def errors_json(errors: Sequence[TraceError]) -> list[dict[str, Any]]:
     return [
-        {"trace_index": error.trace_index, "field_path": _storable(error.field_path),
-         "message": _storable(error.message)}
+        {
+            "trace_index": error.trace_index,
+            "field_path": _storable(error.field_path),
+            "message": _storable(error.message),
+        }
         for error in errors
     ]
 
@@ -68,15 +71,25 @@ async def record_dead_batch(
     Never overwrites an ingested batch: returns False when the id already belongs to one (a corrupt duplicate
     of a stored batch). A `failed` batch is updated in place, so re-parking is safe.
     """
-    statement = insert(Batch).values(
-        id=batch_id, source=_storable(source)[:200] or "unknown", state=state, trace_count=trace_count,
-        content_hash=content_hash, attempts=attempts, errors=errors_json(errors), raw_payload=raw_payload,
+    row = insert(Batch).values(
+        id=batch_id,
+        source=_storable(source)[:200] or "unknown",
+        state=state,
+        trace_count=trace_count,
+        content_hash=content_hash,
+        attempts=attempts,
+        errors=errors_json(errors),
+        raw_payload=raw_payload,
         updated_at=func.now(),
     )
-    statement = statement.on_conflict_do_update(
+    statement = row.on_conflict_do_update(
         index_elements=[Batch.id],
-        set_={"state": statement.excluded.state, "attempts": statement.excluded.attempts,
-              "errors": statement.excluded.errors, "updated_at": func.now()},
+        set_={
+            "state": row.excluded.state,
+            "attempts": row.excluded.attempts,
+            "errors": row.excluded.errors,
+            "updated_at": func.now(),
+        },
         where=Batch.state == BatchState.FAILED,
     ).returning(Batch.id)
     recorded = (await session.execute(statement)).scalar_one_or_none() is not None

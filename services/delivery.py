@@ -41,7 +41,10 @@ def parse_message(message: Any, limits: Limits) -> BatchIn:
 def _dead_result(message: Any, state: BatchState, errors: list[TraceError], raw_payload: str) -> IngestResult:
     source = message.get("source") if isinstance(message, dict) else None
     return IngestResult(
-        batch_id=batch_id_of(message, raw_payload), source=str(source or "unknown"), state=state, count=0,
+        batch_id=batch_id_of(message, raw_payload),
+        source=str(source or "unknown"),
+        state=state,
+        count=0,
         errors=[error._asdict() for error in errors],
     )
 
@@ -54,8 +57,15 @@ async def park_failed_message(
     batch = parse_message(message, limits)
     errors = [TraceError(None, "batch", reason)]
     await record_dead_batch(
-        session, batch_id=batch.batch_id, state=BatchState.FAILED, source=batch.source, errors=errors,
-        raw_payload=raw_payload, content_hash=batch.content_hash, trace_count=len(batch.traces), attempts=attempts,
+        session,
+        batch_id=batch.batch_id,
+        state=BatchState.FAILED,
+        source=batch.source,
+        errors=errors,
+        raw_payload=raw_payload,
+        content_hash=batch.content_hash,
+        trace_count=len(batch.traces),
+        attempts=attempts,
     )
     log.error("batch %s parked as failed after %d deliveries: %s", batch.batch_id, attempts, reason)
     return _dead_result(message, BatchState.FAILED, errors, raw_payload)
@@ -76,20 +86,34 @@ async def ingest_message(
         result = _dead_result(message, BatchState.REJECTED, rejected.errors, raw_payload)
         traces = message.get("traces") if isinstance(message, dict) else None
         await record_dead_batch(
-            session, batch_id=result.batch_id, state=BatchState.REJECTED, source=result.source,
-            errors=rejected.errors, raw_payload=raw_payload, content_hash=payload_hash(raw_payload),
-            trace_count=len(traces) if isinstance(traces, list) else 0, attempts=attempts,
+            session,
+            batch_id=result.batch_id,
+            state=BatchState.REJECTED,
+            source=result.source,
+            errors=rejected.errors,
+            raw_payload=raw_payload,
+            content_hash=payload_hash(raw_payload),
+            trace_count=len(traces) if isinstance(traces, list) else 0,
+            attempts=attempts,
         )
         log.warning("batch %s rejected: %s", result.batch_id, rejected)
         return result
     if attempts > limits.max_deliveries:
         return await park_failed_message(
-            session, message, reason=f"delivered {attempts} times without being stored", attempts=attempts,
+            session,
+            message,
+            reason=f"delivered {attempts} times without being stored",
+            attempts=attempts,
             limits=limits,
         )
     try:
         return await ingest_batch(session, batch, publisher=publisher, attempts=attempts)
     except BatchConflict as conflict:
         log.error("batch %s: %s", batch.batch_id, conflict)
-        return IngestResult(batch_id=batch.batch_id, source=batch.source, state="conflict", count=0,
-                            errors=[error._asdict() for error in conflict.errors])
+        return IngestResult(
+            batch_id=batch.batch_id,
+            source=batch.source,
+            state="conflict",
+            count=0,
+            errors=[error._asdict() for error in conflict.errors],
+        )

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
-from models.derived import DERIVATION_VERSION, derive
+from models import derived as derivation
 from models.schemas import IngestResult, StoredTrace
 from models.tables import Batch, BatchState, Trace
 from services.errors import BatchConflict
@@ -51,10 +51,22 @@ _INSERT_TRACES = text(
 
 
 def _trace_columns(traces: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {name: [] for name in (
-        "positions", "versions", "prompts", "answers", "steps", "metas", "step_counts", "total_chars", "hashes")}
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "positions",
+            "versions",
+            "prompts",
+            "answers",
+            "steps",
+            "metas",
+            "step_counts",
+            "total_chars",
+            "hashes",
+        )
+    }
     for position, trace in enumerate(traces):
-        derived = derive(trace)
+        derived = derivation.derive(trace)
         meta = trace.get("meta")
         columns["positions"].append(position)
         columns["versions"].append(trace["trace_version"])
@@ -80,16 +92,28 @@ async def _claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> 
     """Insert the batch row (or revive a `failed` one with the same content); its ingest time if this call
     owns the batch, None if it was already there. A concurrent duplicate waits here on the primary key until
     the first transaction ends, so two deliveries never both insert traces."""
-    statement = insert(Batch).values(
-        id=batch.batch_id, source=batch.source, state=BatchState.INGESTED, trace_count=len(batch.traces),
-        content_hash=batch.content_hash, attempts=attempts, enqueued_at=batch.enqueued_at,
-        ingested_at=func.now(), updated_at=func.now(),
+    row = insert(Batch).values(
+        id=batch.batch_id,
+        source=batch.source,
+        state=BatchState.INGESTED,
+        trace_count=len(batch.traces),
+        content_hash=batch.content_hash,
+        attempts=attempts,
+        enqueued_at=batch.enqueued_at,
+        ingested_at=func.now(),
+        updated_at=func.now(),
     )
-    statement = statement.on_conflict_do_update(
+    statement = row.on_conflict_do_update(
         index_elements=[Batch.id],
-        set_={"state": BatchState.INGESTED, "attempts": statement.excluded.attempts, "errors": None,
-              "raw_payload": None, "ingested_at": func.now(), "updated_at": func.now()},
-        where=(Batch.state == BatchState.FAILED) & (Batch.content_hash == statement.excluded.content_hash),
+        set_={
+            "state": BatchState.INGESTED,
+            "attempts": row.excluded.attempts,
+            "errors": None,
+            "raw_payload": None,
+            "ingested_at": func.now(),
+            "updated_at": func.now(),
+        },
+        where=(Batch.state == BatchState.FAILED) & (Batch.content_hash == row.excluded.content_hash),
     ).returning(Batch.ingested_at)
     return (await session.execute(statement)).scalar_one_or_none()
 
@@ -111,13 +135,18 @@ async def ingest_batch(
     if ingested_at is not None:
         await session.execute(
             _INSERT_TRACES,
-            {"batch_id": batch.batch_id, "derivation_version": DERIVATION_VERSION, **_trace_columns(batch.traces)},
+            {
+                "batch_id": batch.batch_id,
+                "derivation_version": derivation.DERIVATION_VERSION,
+                **_trace_columns(batch.traces),
+            },
         )
     else:
         existing = (
             await session.execute(
-                select(Batch.state, Batch.content_hash, Batch.ingested_at, Batch.published_at, Batch.errors)
-                .where(Batch.id == batch.batch_id)
+                select(Batch.state, Batch.content_hash, Batch.ingested_at, Batch.published_at, Batch.errors).where(
+                    Batch.id == batch.batch_id
+                )
             )
         ).one()
         if existing.content_hash != batch.content_hash:
@@ -125,16 +154,27 @@ async def ingest_batch(
             raise BatchConflict(batch.batch_id)
         if existing.state == BatchState.REJECTED:
             await session.rollback()
-            return IngestResult(batch_id=batch.batch_id, source=batch.source, state=BatchState.REJECTED,
-                                count=0, errors=existing.errors or [])
+            return IngestResult(
+                batch_id=batch.batch_id,
+                source=batch.source,
+                state=BatchState.REJECTED,
+                count=0,
+                errors=existing.errors or [],
+            )
         ingested_at, published_at = existing.ingested_at, existing.published_at
         log.info("batch %s was already stored; nothing inserted", batch.batch_id)
     await session.commit()
 
     stored = await load_stored_traces(session, batch.batch_id)
-    result = IngestResult(batch_id=batch.batch_id, source=batch.source, state=BatchState.INGESTED,
-                          count=len(stored), ingested_at=ingested_at, published=published_at is not None,
-                          traces=stored)
+    result = IngestResult(
+        batch_id=batch.batch_id,
+        source=batch.source,
+        state=BatchState.INGESTED,
+        count=len(stored),
+        ingested_at=ingested_at,
+        published=published_at is not None,
+        traces=stored,
+    )
     if published_at is not None:
         return result
     return await publish_result(session, result, publisher=publisher)

@@ -50,6 +50,8 @@ def _trace_errors(error: ValidationError) -> list[TraceError]:
     for detail in error.errors(include_url=False, include_input=False):
         index, *rest = detail["loc"]
         message = detail["msg"].removeprefix("Value error, ")
+        if detail["type"] == "string_unicode":
+            message = "contains a lone surrogate, which is not valid UTF-8"
         problems.append(TraceError(int(index), field_path(rest), message))
     return problems
 

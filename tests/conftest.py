@@ -75,11 +75,10 @@ def service_environment(database_url: str, redis_url: str) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def clean_data(database_url: str, redis_url: str) -> Iterator[None]:
+def clean_data(database_url: str, redis_url: str) -> None:
     """Every test starts with empty tables and an empty Redis."""
     redis.Redis.from_url(redis_url).flushall()
     _truncate(database_url)
-    yield
 
 
 def _truncate(database_url: str) -> None:

@@ -7,10 +7,8 @@ from typing import Any
 
 from celery import Celery
 
+from worker.beat import BEAT_SCHEDULE, REPROCESS_QUEUE
 from worker.settings import Settings, get_settings
-
-#: Queue of scheduled and operator jobs, kept apart so they never wait behind a backlog of batches.
-REPROCESS_QUEUE = "reprocess"
 
 
 def _tls_options(url: str) -> dict[str, Any] | None:
@@ -37,8 +35,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
         # Producers must learn quickly that Redis is unreachable (EnqueueFailed), not hang.
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2,
-                                      "interval_max": 0.5},
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         "broker_connection_timeout": 3,
         # JSON only: a pickled message is refused before anything runs.
         "task_serializer": "json",
@@ -61,6 +63,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {"ingest.batch": {"queue": settings.ingest_queue}},
         "task_track_started": False,
         "worker_send_task_events": True,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_schedule": BEAT_SCHEDULE,
         "redbeat_redis_url": redis_url,
         "redbeat_lock_timeout": 30,
         "beat_max_loop_interval": 5,

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -21,7 +21,7 @@ from worker.settings import get_settings, redact
 
 
 class BatchReceipt(NamedTuple):
-    """Proof that Redis accepted the batch. The batch id is also the task id."""
+    """Proof that Redis accepted the batch; `task_id` finds the task's result (the stored rows' ids)."""
 
     batch_id: UUID
     task_id: str
@@ -48,7 +48,7 @@ def _check_source(source: str) -> None:
 def queue_depth() -> int:
     """Batches waiting in the ingest queue (one LLEN: cheap enough to ask before every enqueue)."""
     settings = get_settings()
-    return int(_redis(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))  # type: ignore[arg-type]
+    return int(_redis(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))
 
 
 def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
@@ -60,25 +60,32 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
     """
     settings = get_settings()
     _check_source(source)
-    valid = validate_traces(list(traces), max_batch=settings.ingest_max_batch,
-                            max_bytes=settings.ingest_max_batch_bytes)
+    valid = validate_traces(
+        list(traces), max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes
+    )
     batch_id = batch_id or uuid4()
     redis = _redis(settings.redis_url.get_secret_value())
     try:
-        depth = int(redis.llen(settings.ingest_queue))  # type: ignore[arg-type]
+        depth = int(redis.llen(settings.ingest_queue))
         if depth >= settings.ingest_max_queue_depth:
-            raise QueueFull(depth, settings.ingest_max_queue_depth,
-                            retry_after=min(60.0, 1.0 + 10.0 * depth / settings.ingest_max_queue_depth))
+            raise QueueFull(
+                depth,
+                settings.ingest_max_queue_depth,
+                retry_after=min(60.0, 1.0 + 10.0 * depth / settings.ingest_max_queue_depth),
+            )
         key = batch_key(batch_id)
         first_use = redis.set(key, valid.content_hash, nx=True, ex=settings.ingest_batch_key_ttl_s)
         if not first_use and redis.get(key) != valid.content_hash.encode():
             raise BatchConflict(batch_id)
         try:
-            app.send_task(
+            task = app.send_task(
                 "ingest.batch",
-                kwargs={"batch_id": str(batch_id), "source": source, "traces": valid.traces,
-                        "enqueued_at": datetime.now(UTC).isoformat()},
-                task_id=str(batch_id),
+                kwargs={
+                    "batch_id": str(batch_id),
+                    "source": source,
+                    "traces": valid.traces,
+                    "enqueued_at": datetime.now(UTC).isoformat(),
+                },
                 queue=settings.ingest_queue,
             )
         except BaseException:
@@ -87,11 +94,20 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
             raise
     except (RedisError, KombuOperationalError, OSError) as error:
         raise EnqueueFailed(redact(f"Redis did not accept the batch: {type(error).__name__}: {error}")) from None
-    return BatchReceipt(batch_id, str(batch_id), len(valid.traces))
+    return BatchReceipt(batch_id, task.id, len(valid.traces))
 
 
-async def enqueue_batch_async(
-    traces: Sequence[object], *, source: str, batch_id: UUID | None = None
-) -> BatchReceipt:
+async def enqueue_batch_async(traces: Sequence[object], *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
     """`enqueue_batch` for async producers: runs in a thread so the event loop never blocks on Redis."""
     return await asyncio.to_thread(enqueue_batch, traces, source=source, batch_id=batch_id)
+
+
+def resend_message(message: dict[str, Any]) -> None:
+    """Put a stored raw message back on the ingest queue (re-drive); its delivery count starts afresh."""
+    settings = get_settings()
+    _redis(settings.redis_url.get_secret_value()).delete(f"ingest:deliveries:{message.get('batch_id')}")
+    app.send_task("ingest.batch", kwargs=message, queue=settings.ingest_queue)
+
+
+async def resend_message_async(message: dict[str, Any]) -> None:
+    await asyncio.to_thread(resend_message, message)

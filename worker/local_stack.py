@@ -65,8 +65,19 @@ class PostgresServer:
         if not (self.data / "PG_VERSION").exists():
             subprocess.run(
                 _as_postgres(
-                    [str(PGBIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                     "--no-sync", "--no-instructions"]
+                    [
+                        str(PGBIN / "initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        "postgres",
+                        "-A",
+                        "trust",
+                        "-E",
+                        "UTF8",
+                        "--no-sync",
+                        "--no-instructions",
+                    ]
                 ),
                 check=True,
                 capture_output=True,
@@ -91,7 +102,12 @@ class RedisServer:
     """A redis-server in `directory`, append-only file on so a restart keeps accepted messages."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, *, password: str | None = None, appendonly: bool = True
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        appendonly: bool = True,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -106,8 +122,21 @@ class RedisServer:
         return f"redis://{auth}{LOOPBACK}:{self.port}/0"
 
     def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", LOOPBACK, "--dir", str(self.directory),
-                   "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no"]
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--daemonize",
+            "no",
+        ]
         if self.password:
             command += ["--requirepass", self.password]
         log = (self.directory / "redis.log").open("ab")

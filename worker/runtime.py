@@ -30,15 +30,20 @@ class Runtime:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.engine: AsyncEngine = create_async_engine(
-            settings.database_url.get_secret_value(), pool_size=settings.db_pool_size, max_overflow=0,
+            settings.database_url.get_secret_value(),
+            pool_size=settings.db_pool_size,
+            max_overflow=0,
             pool_pre_ping=True,
         )
         # expire_on_commit=False: results are read after commit without a refresh query per row.
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self.redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=10,
-                                    socket_connect_timeout=5, health_check_interval=30)
-        self.publisher = RedisStreamPublisher(self.redis, settings.ingest_events_stream,
-                                              settings.ingest_events_maxlen)
+        self.redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        self.publisher = RedisStreamPublisher(self.redis, settings.ingest_events_stream, settings.ingest_events_maxlen)
         self.limits = Limits(settings.ingest_max_batch, settings.ingest_max_batch_bytes, settings.max_deliveries)
 
     def session(self) -> AsyncSession:

@@ -23,7 +23,12 @@ def _arithmetic(rng: random.Random, index: int, padding: int) -> dict[str, Any]:
         "prompt": f"What is {a} multiplied by {b}? Show your reasoning step by step.",
         "final_answer": str(a * b),
         "steps": steps,
-        "meta": {"generator": "tunix-ingest", "index": index, "topic": "arithmetic", "difficulty": rng.random()},
+        "meta": {
+            "generator": "tunix-ingest",
+            "index": index,
+            "topic": "arithmetic",
+            "difficulty": rng.random(),
+        },
     }
 
 

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_retries: int = Field(8, ge=0)
     #: Deliveries of one batch (retries and redeliveries after crashes) before it is parked as `failed`.
     max_deliveries: int = Field(12, ge=1)
+    #: Times the scheduled re-drive sends one `failed` batch back before leaving it to an operator.
+    max_redrives: int = Field(3, ge=0)
     result_expires_s: int = Field(6 * 3600, ge=60)
     worker_max_tasks_per_child: int = Field(1000, ge=1)
     worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from celery import Task
@@ -11,7 +12,15 @@ from redis.asyncio import Redis
 
 from models.schemas import IngestResult
 from services.delivery import ingest_message, park_failed_message
+from services.reprocess import (
+    count_stale_traces,
+    find_failed_batches,
+    publish_unpublished_batches,
+    redrive_batch,
+    refresh_stale_derived_chunk,
+)
 from worker.celery_app import app
+from worker.enqueue import resend_message_async
 from worker.runtime import Runtime, current_runtime
 from worker.settings import redact
 from worker.transient import is_transient
@@ -20,6 +29,10 @@ log = logging.getLogger(__name__)
 
 #: How long a batch's delivery counter lives: far beyond the longest retry chain.
 DELIVERY_COUNTER_TTL_S = 24 * 3600
+#: The sweep leaves batches this young alone: their own worker is most likely publishing them right now.
+SWEEP_GRACE_S = 30
+#: Rows per derived-field refresh task: one transaction and a few MB of memory each.
+REFRESH_CHUNK_SIZE = 2000
 
 
 def delivery_counter_key(message: dict[str, Any]) -> str:
@@ -47,8 +60,7 @@ async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
 async def _park(runtime: Runtime, message: dict[str, Any], reason: str) -> IngestResult:
     attempts = int(await runtime.redis.get(delivery_counter_key(message)) or 1)
     async with runtime.session() as session:
-        return await park_failed_message(session, message, reason=reason, attempts=attempts,
-                                         limits=runtime.limits)
+        return await park_failed_message(session, message, reason=reason, attempts=attempts, limits=runtime.limits)
 
 
 @app.task(bind=True, name="ingest.batch")
@@ -68,8 +80,13 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
         reason = redact(f"{type(error).__name__}: {error}")
         if is_transient(error) and self.request.retries < settings.max_retries:
             countdown = get_exponential_backoff_interval(1, self.request.retries, settings.retry_backoff_max_s, True)
-            log.warning("batch %s: %s; retry %d in %d s", message.get("batch_id"), reason,
-                        self.request.retries + 1, countdown)
+            log.warning(
+                "batch %s: %s; retry %d in %d s",
+                message.get("batch_id"),
+                reason,
+                self.request.retries + 1,
+                countdown,
+            )
             raise self.retry(countdown=max(countdown, 1), max_retries=None) from None
         try:
             result = runtime.run(_park(runtime, message, reason))
@@ -79,3 +96,63 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
             # The database is still away: keep the message in the broker rather than lose the batch.
             raise self.retry(countdown=settings.retry_backoff_max_s, max_retries=None) from None
     return result.model_dump(mode="json")
+
+
+async def _sweep(runtime: Runtime) -> int:
+    async with runtime.session() as session:
+        return await publish_unpublished_batches(
+            session, publisher=runtime.publisher, older_than=timedelta(seconds=SWEEP_GRACE_S)
+        )
+
+
+@app.task(name="reprocess.sweep")
+def sweep_unpublished() -> int:
+    """Publish batches that were committed but never announced (the outbox). Safe to run any time."""
+    runtime = current_runtime()
+    return runtime.run(_sweep(runtime))
+
+
+async def _redrive_failed(runtime: Runtime) -> int:
+    async with runtime.session() as session:
+        failed = await find_failed_batches(session)
+    sent = 0
+    for batch_id in failed:
+        async with runtime.session() as session:  # one session per batch: each re-drive commits on its own
+            sent += await redrive_batch(
+                session, batch_id, resend=resend_message_async, max_redrives=runtime.settings.max_redrives
+            )
+    return sent
+
+
+@app.task(name="reprocess.redrive")
+def redrive_failed() -> int:
+    """Send `failed` batches back to the ingest queue, each at most `MAX_REDRIVES` times."""
+    runtime = current_runtime()
+    return runtime.run(_redrive_failed(runtime))
+
+
+async def _count_stale(runtime: Runtime) -> int:
+    async with runtime.session() as session:
+        return await count_stale_traces(session)
+
+
+@app.task(name="reprocess.refresh_derived")
+def refresh_derived() -> int:
+    """Fan out one `reprocess.refresh_derived_chunk` task per chunk of rows with stale derived fields."""
+    runtime = current_runtime()
+    chunks = -(-runtime.run(_count_stale(runtime)) // REFRESH_CHUNK_SIZE)
+    for _ in range(chunks):
+        refresh_derived_chunk.delay()
+    return chunks
+
+
+async def _refresh_chunk(runtime: Runtime) -> int:
+    async with runtime.session() as session:
+        return await refresh_stale_derived_chunk(session, chunk_size=REFRESH_CHUNK_SIZE)
+
+
+@app.task(name="reprocess.refresh_derived_chunk")
+def refresh_derived_chunk() -> int:
+    """Recompute one chunk of stale derived fields in one transaction; never blocks ingest."""
+    runtime = current_runtime()
+    return runtime.run(_refresh_chunk(runtime))

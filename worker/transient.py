@@ -12,10 +12,20 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from services.errors import TransientError
 
 _TRANSIENT_TYPES = (
-    TransientError, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError, OperationalError,
-    InterfaceError, PoolTimeout, SoftTimeLimitExceeded,
-    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError, asyncpg.InterfaceError,
+    TransientError,
+    OSError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    SoftTimeLimitExceeded,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.InterfaceError,
 )
 
 

@@ -17,11 +17,10 @@ from models.tables import Batch, Trace
 from services.errors import BatchConflict
 from services.ingest import BatchIn, ingest_batch
 from services.validation import validate_traces
+from tests.streams import STREAM, stream_events
 from worker.events import RedisStreamPublisher
 from worker.local_stack import free_port
 from worker.sample_traces import generate_traces
-
-STREAM = "traces:ingested"
 
 
 def make_batch(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> BatchIn:
@@ -41,12 +40,8 @@ def publisher(redis_client: Redis) -> RedisStreamPublisher:
     return RedisStreamPublisher(redis_client, STREAM, 10_000)
 
 
-async def stream_events(redis_client: Redis) -> list[dict[bytes, bytes]]:
-    return [fields for _, fields in await redis_client.xrange(STREAM)]
-
-
 async def test_batch_is_stored_whole_and_announced_with_its_row_ids(
-    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, redis_client: Redis
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, redis_url: str
 ) -> None:
     traces = list(generate_traces(25))
     batch = make_batch(traces)
@@ -60,17 +55,22 @@ async def test_batch_is_stored_whole_and_announced_with_its_row_ids(
         stored_batch = await session.get(Batch, batch.batch_id)
     assert [row.id for row in rows] == [t.id for t in result.traces]
     for row, trace in zip(rows, traces, strict=True):
-        assert {"trace_version": row.trace_version, "prompt": row.prompt, "final_answer": row.final_answer,
-                "steps": row.steps, "meta": row.meta} == trace
+        assert {
+            "trace_version": row.trace_version,
+            "prompt": row.prompt,
+            "final_answer": row.final_answer,
+            "steps": row.steps,
+            "meta": row.meta,
+        } == trace
         assert (row.step_count, row.total_chars, row.content_hash) == tuple(derive(trace))
     assert stored_batch is not None and stored_batch.published_at is not None
-    events = await stream_events(redis_client)
+    events = stream_events(redis_url)
     assert len(events) == 1
-    assert events[0][b"batch_id"] == str(batch.batch_id).encode() and events[0][b"count"] == b"25"
+    assert events[0]["batch_id"] == str(batch.batch_id) and events[0]["count"] == "25"
 
 
 async def test_rerun_of_a_stored_batch_stores_nothing_and_publishes_nothing_new(
-    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, redis_client: Redis
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, redis_url: str
 ) -> None:
     batch = make_batch(list(generate_traces(10)))
     async with sessions() as session:
@@ -81,7 +81,7 @@ async def test_rerun_of_a_stored_batch_stores_nothing_and_publishes_nothing_new(
     assert again.traces == first.traces
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Trace)) == 10
-    assert len(await stream_events(redis_client)) == 1
+    assert len(stream_events(redis_url)) == 1
 
 
 async def test_same_batch_id_with_other_traces_is_a_conflict_and_changes_nothing(
@@ -102,15 +102,18 @@ async def test_one_select_after_commit_reads_back_a_batch_of_1000(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher
 ) -> None:
     statements: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute",
-                 lambda _c, _cur, statement, *_: statements.append(statement.lstrip().split()[0].upper()))
+    event.listen(
+        engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: statements.append(statement.lstrip().split()[0].upper()),
+    )
     event.listen(engine.sync_engine, "commit", lambda _conn: statements.append("COMMIT"))
 
     async with sessions() as session:
         result = await ingest_batch(session, make_batch(list(generate_traces(1000))), publisher=publisher)
 
     assert result.count == 1000
-    after_data_commit = statements[statements.index("COMMIT") + 1:]
+    after_data_commit = statements[statements.index("COMMIT") + 1 :]
     assert after_data_commit.count("SELECT") == 1
     assert statements.count("INSERT") == 2  # the batch row and one statement for all 1,000 traces
 
@@ -139,7 +142,7 @@ async def test_concurrent_duplicate_deliveries_store_one_copy(
         async with sessions() as session:  # each delivery has its own session, as two workers would
             return (await ingest_batch(session, batch, publisher=publisher)).count
 
-    counts = await asyncio.gather(deliver(), deliver(), deliver())
+    counts = list(await asyncio.gather(deliver(), deliver(), deliver()))
 
     assert counts == [200, 200, 200]
     async with sessions() as session:

@@ -1,0 +1,68 @@
+"""Read-only views of the stored batches for operators: one batch's status and the ingest totals."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models.tables import Batch, BatchState, Trace
+
+
+class BatchStatus(BaseModel):
+    batch_id: UUID
+    source: str
+    state: str
+    trace_count: int
+    stored_traces: int
+    attempts: int
+    redrives: int
+    errors: list[dict[str, Any]]
+    created_at: datetime
+    ingested_at: datetime | None
+    published_at: datetime | None
+
+
+class StoreTotals(BaseModel):
+    traces_stored: int
+    batches_by_state: dict[str, int]
+    unpublished_batches: int
+
+
+async def get_batch_status(session: AsyncSession, batch_id: UUID) -> BatchStatus | None:
+    """The batch's state, counts, errors and times; None if no such batch was ever received."""
+    batch = await session.get(Batch, batch_id)
+    if batch is None:
+        return None
+    stored = await session.scalar(select(func.count()).select_from(Trace).where(Trace.batch_id == batch_id))
+    return BatchStatus(
+        batch_id=batch.id,
+        source=batch.source,
+        state=batch.state,
+        trace_count=batch.trace_count,
+        stored_traces=stored or 0,
+        attempts=batch.attempts,
+        redrives=batch.redrives,
+        errors=batch.errors or [],
+        created_at=batch.created_at,
+        ingested_at=batch.ingested_at,
+        published_at=batch.published_at,
+    )
+
+
+async def store_totals(session: AsyncSession) -> StoreTotals:
+    """Traces stored, batches by state and batches still waiting for their event."""
+    by_state = dict((await session.execute(select(Batch.state, func.count()).group_by(Batch.state))).tuples().all())
+    traces = await session.scalar(select(func.count()).select_from(Trace))
+    unpublished = await session.scalar(
+        select(func.count()).select_from(Batch).where(Batch.state == BatchState.INGESTED, Batch.published_at.is_(None))
+    )
+    return StoreTotals(
+        traces_stored=traces or 0,
+        batches_by_state={state.value: by_state.get(state.value, 0) for state in BatchState},
+        unpublished_batches=unpublished or 0,
+    )

@@ -1,0 +1,151 @@
+"""Scheduled reprocessing: publish what was stored but not announced, re-drive failed batches,
+recompute stale derived fields. Every function takes one session and is safe to run again."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import ARRAY, BigInteger, Integer, Text, bindparam, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import derived as derivation
+from models.schemas import IngestResult, StoredTrace
+from models.tables import Batch, BatchState, Trace
+from services.publish import Publisher, publish_result
+
+log = logging.getLogger(__name__)
+
+#: Hands a message back to the ingest queue; the worker edge provides it.
+Resend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def publish_unpublished_batches(
+    session: AsyncSession, *, publisher: Publisher, older_than: timedelta, limit: int = 200
+) -> int:
+    """The outbox sweep: publish batches committed more than `older_than` ago whose event never went out.
+
+    Reads the batches and all their rows with two SELECTs, then publishes and marks each. Returns how many
+    were published. Events stay at least once: a batch published just before a crash may go out again.
+    """
+    batches = (
+        await session.execute(
+            select(Batch.id, Batch.source, Batch.ingested_at)
+            .where(
+                Batch.state == BatchState.INGESTED,
+                Batch.published_at.is_(None),
+                Batch.ingested_at < func.now() - older_than,
+            )
+            .order_by(Batch.ingested_at)
+            .limit(limit)
+        )
+    ).all()
+    if not batches:
+        return 0
+    rows = await session.execute(
+        select(Trace.batch_id, Trace.id, Trace.position, Trace.created_at)
+        .where(Trace.batch_id.in_([batch.id for batch in batches]))
+        .order_by(Trace.batch_id, Trace.position)
+    )
+    traces: dict[UUID, list[StoredTrace]] = {batch.id: [] for batch in batches}
+    for row in rows:
+        traces[row.batch_id].append(StoredTrace(id=row.id, position=row.position, created_at=row.created_at))
+    published = 0
+    for batch in batches:
+        result = IngestResult(
+            batch_id=batch.id,
+            source=batch.source,
+            state=BatchState.INGESTED,
+            count=len(traces[batch.id]),
+            ingested_at=batch.ingested_at,
+            traces=traces[batch.id],
+        )
+        published += (await publish_result(session, result, publisher=publisher)).published
+    log.info("outbox sweep published %d of %d unpublished batches", published, len(batches))
+    return published
+
+
+async def redrive_batch(session: AsyncSession, batch_id: UUID, *, resend: Resend, max_redrives: int) -> bool:
+    """Send a `failed` batch's raw payload back to the ingest queue, at most `max_redrives` times. Commits.
+
+    Returns False (and sends nothing) when the batch is not failed or has used up its re-drives.
+    """
+    batch = await session.get(Batch, batch_id, with_for_update=True)
+    if batch is None or batch.state != BatchState.FAILED or batch.raw_payload is None:
+        await session.rollback()
+        return False
+    if batch.redrives >= max_redrives:
+        log.warning("batch %s was re-driven %d times already; leaving it for an operator", batch_id, batch.redrives)
+        await session.rollback()
+        return False
+    await resend(json.loads(batch.raw_payload))
+    batch.redrives += 1
+    batch.updated_at = func.now()
+    await session.commit()
+    return True
+
+
+async def find_failed_batches(session: AsyncSession, *, limit: int = 1000) -> list[UUID]:
+    rows = await session.scalars(
+        select(Batch.id).where(Batch.state == BatchState.FAILED).order_by(Batch.updated_at).limit(limit)
+    )
+    return list(rows)
+
+
+async def count_stale_traces(session: AsyncSession) -> int:
+    count = await session.scalar(
+        select(func.count()).select_from(Trace).where(Trace.derivation_version < derivation.DERIVATION_VERSION)
+    )
+    return count or 0
+
+
+_UPDATE_DERIVED = text(
+    """
+    UPDATE trace SET step_count = d.step_count, total_chars = d.total_chars, content_hash = d.content_hash,
+                     derivation_version = :version
+    FROM unnest(:ids, :step_counts, :total_chars, :hashes) AS d(id, step_count, total_chars, content_hash)
+    WHERE trace.id = d.id
+    """
+).bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("step_counts", type_=ARRAY(Integer)),
+    bindparam("total_chars", type_=ARRAY(Integer)),
+    bindparam("hashes", type_=ARRAY(Text)),
+)
+
+
+async def refresh_stale_derived_chunk(session: AsyncSession, *, chunk_size: int) -> int:
+    """Recompute derived fields of up to `chunk_size` rows older than DERIVATION_VERSION. Commits.
+
+    Rows are locked with SKIP LOCKED, so chunks running side by side never take the same rows and ingest
+    (which only inserts) is never blocked. Returns how many rows were refreshed.
+    """
+    rows = (
+        await session.execute(
+            select(Trace.id, Trace.trace_version, Trace.prompt, Trace.final_answer, Trace.steps, Trace.meta)
+            .where(Trace.derivation_version < derivation.DERIVATION_VERSION)
+            .order_by(Trace.id)
+            .limit(chunk_size)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    if not rows:
+        await session.rollback()
+        return 0
+    derived = [derivation.derive(row._asdict()) for row in rows]
+    await session.execute(
+        _UPDATE_DERIVED,
+        {
+            "version": derivation.DERIVATION_VERSION,
+            "ids": [row.id for row in rows],
+            "step_counts": [d.step_count for d in derived],
+            "total_chars": [d.total_chars for d in derived],
+            "hashes": [d.content_hash for d in derived],
+        },
+    )
+    await session.commit()
+    return len(rows)

@@ -1,0 +1,150 @@
+"""The wire rules of PRODUCT.md §3–§4, and the seed project's batch-endpoint cases, without any server."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from models.schemas import META_MAX_BYTES, TraceIn
+from services.errors import BatchRejected, TraceError
+from services.validation import field_path, validate_traces
+from tests.conftest import SAMPLE_DATA
+
+LIMITS = {"max_batch": 1000, "max_bytes": 8 * 1024 * 1024}
+
+
+def trace(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "trace_version": "1.0",
+        "prompt": "What is 2 + 2?",
+        "final_answer": "4",
+        "steps": [{"i": 0, "type": "reasoning", "content": "2 + 2 = 4"}],
+        "meta": {"source": "unit"},
+    }
+    base.update(changes)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+def rejection(traces: list[Any], **limits: int) -> BatchRejected:
+    with pytest.raises(BatchRejected) as caught:
+        validate_traces(traces, **{**LIMITS, **limits})
+    return caught.value
+
+
+def test_empty_batch_is_rejected_saying_at_least_one() -> None:
+    error = rejection([])
+    assert "at least one" in str(error)
+    assert error.errors == [TraceError(None, "traces", "a batch needs at least one trace")]
+
+
+def test_1001_traces_are_rejected_saying_exceeds_maximum() -> None:
+    assert "exceeds maximum" in str(rejection([trace()] * 1001))
+
+
+def test_oversize_payload_is_rejected_before_trace_validation() -> None:
+    error = rejection([trace(prompt="x" * 5000)] * 3, max_bytes=10_000)
+    assert "exceeds maximum" in str(error) and error.errors[0].trace_index is None
+
+
+def test_trace_missing_final_answer_is_rejected_with_its_index() -> None:
+    error = rejection([trace(), trace(), trace(final_answer=...)])
+    assert error.errors == [TraceError(2, "final_answer", "Field required")]
+
+
+def test_duplicate_step_indices_are_rejected() -> None:
+    steps = [{"i": 0, "type": "a", "content": "x"}, {"i": 0, "type": "b", "content": "y"}]
+    error = rejection([trace(steps=steps)])
+    assert error.errors[0].trace_index == 0 and error.errors[0].field_path == "steps"
+    assert "duplicate step index i=0" in error.errors[0].message
+
+
+def test_metadata_is_preserved_exactly() -> None:
+    meta = {"nested": {"list": [1, 2.5, None, True, "ü"]}, "big": 2**62, "empty": {}}
+    valid = validate_traces([trace(meta=meta)], **LIMITS)
+    assert valid.traces[0]["meta"] == meta
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "fragment"),
+    [
+        ({"extra_field": 1}, "extra_field", "Extra inputs are not permitted"),
+        ({"prompt": 42}, "prompt", "valid string"),
+        ({"steps": [{"i": "0", "type": "a", "content": "x"}]}, "steps[0].i", "valid integer"),
+        ({"steps": [{"i": -1, "type": "a", "content": "x"}]}, "steps[0].i", "greater than or equal to 0"),
+        ({"steps": []}, "steps", "at least 1 item"),
+        ({"prompt": "a\x00b"}, "prompt", "NUL"),
+        ({"final_answer": "\ud800"}, "final_answer", "lone surrogate"),
+        ({"steps": [{"i": 0, "type": "a", "content": "x\x00"}]}, "steps[0].content", "NUL"),
+        ({"trace_version": ""}, "trace_version", "at least 1 character"),
+        ({"trace_version": "v" * 65}, "trace_version", "at most 64"),
+        ({"meta": {"k": float("nan")}}, "meta", "JSON cannot represent"),
+        ({"meta": {"k": "\x00"}}, "meta", "NUL"),
+        ({"meta": {"k": 2**64}}, "meta", "64-bit"),
+        ({"meta": {"k": {1, 2}}}, "meta", "not a JSON value"),
+        ({"meta": [1]}, "meta", "valid dictionary"),
+        ({"meta": {"blob": "x" * META_MAX_BYTES}}, "meta", "exceeds maximum"),
+    ],
+)
+def test_each_bad_field_is_named_with_a_clear_message(changes: dict[str, Any], path: str, fragment: str) -> None:
+    error = rejection([trace(), trace(**changes)])
+    assert [(e.trace_index, e.field_path) for e in error.errors] == [(1, path)]
+    assert fragment in error.errors[0].message
+
+
+def test_meta_nested_32_deep_is_accepted_and_33_deep_is_rejected() -> None:
+    def nest(depth: int) -> dict[str, Any]:
+        value: dict[str, Any] = {}
+        for _ in range(depth - 1):
+            value = {"d": value}
+        return value
+
+    validate_traces([trace(meta=nest(32))], **LIMITS)
+    error = rejection([trace(meta=nest(33))])
+    assert "deeper than 32" in error.errors[0].message
+
+
+def test_a_non_object_trace_is_named_by_index() -> None:
+    error = rejection([trace(), "not a trace"])
+    assert error.errors[0].trace_index == 1 and error.errors[0].field_path == "trace"
+
+
+def test_every_problem_is_listed_and_the_message_is_readable() -> None:
+    error = rejection([trace(prompt=""), trace(), trace(final_answer=..., extra=1)])
+    assert [(e.trace_index, e.field_path) for e in error.errors] == [
+        (0, "prompt"),
+        (2, "final_answer"),
+        (2, "extra"),
+    ]
+    assert "trace 2: final_answer: Field required" in str(error)
+
+
+def test_pydantic_models_and_dicts_validate_alike_and_hash_alike() -> None:
+    as_dicts = validate_traces([trace()], **LIMITS)
+    as_models = validate_traces([TraceIn.model_validate(trace())], **LIMITS)
+    assert as_models.traces == as_dicts.traces
+    assert as_models.content_hash == as_dicts.content_hash
+
+
+def test_content_hash_ignores_key_order_but_not_content() -> None:
+    original = trace()
+    reordered = dict(reversed(list(copy.deepcopy(original).items())))
+    assert validate_traces([reordered], **LIMITS).content_hash == validate_traces([original], **LIMITS).content_hash
+    assert (
+        validate_traces([trace(prompt="other")], **LIMITS).content_hash
+        != validate_traces([original], **LIMITS).content_hash
+    )
+
+
+def test_the_550_real_sample_traces_validate_cleanly() -> None:
+    with (SAMPLE_DATA / "dev-reasoning-v2.jsonl").open(encoding="utf-8") as lines:
+        traces = [json.loads(line) for line in lines]
+    valid = validate_traces(traces, max_batch=1000, max_bytes=8 * 1024 * 1024)
+    assert valid.traces == traces
+
+
+def test_field_path_renders_list_indices_and_names() -> None:
+    assert field_path(("steps", 3, "content")) == "steps[3].content"
+    assert field_path(()) == "trace"

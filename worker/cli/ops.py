@@ -1,0 +1,38 @@
+"""Operator commands: migrate the schema and report ingest statistics."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from worker.cli.common import expected_failures, json_ready
+from worker.migrate import upgrade_to_head
+from worker.settings import get_settings, redact
+from worker.stats import collect_stats
+
+
+@click.command()
+@expected_failures
+def migrate() -> None:
+    """Apply database migrations (`alembic upgrade head`)."""
+    url = get_settings().database_url.get_secret_value()
+    upgrade_to_head(url)
+    click.echo(f"database at {redact(url)} is at the newest schema")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@expected_failures
+def stats(as_json: bool) -> None:
+    """Traces stored, batches by state, queue depth, unpublished batches, oldest waiting message age."""
+    figures = collect_stats()
+    if as_json:
+        click.echo(json.dumps(json_ready(figures)))
+        return
+    for name, value in figures.model_dump().items():
+        if isinstance(value, dict):
+            for key, count in value.items():
+                click.echo(f"{name + '.' + key:>28}  {count}")
+        else:
+            click.echo(f"{name:>28}  {value if value is not None else '-'}")

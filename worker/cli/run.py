@@ -1,0 +1,176 @@
+"""`tunix-ingest run`: the whole product on this machine, on throwaway servers unless told otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from celery.result import AsyncResult
+
+from worker.celery_app import app
+from worker.enqueue import BatchReceipt, enqueue_batch
+from worker.jsonl import read_jsonl
+from worker.local_stack import PostgresServer, RedisServer, free_port
+from worker.migrate import upgrade_to_head
+from worker.processes import beat_process, flower_process, worker_process
+from worker.sample_traces import generate_traces
+from worker.settings import get_settings, redact
+from worker.stats import collect_stats
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT: stop everything cleanly."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _local_servers(state_dir: Path) -> Iterator[list[str]]:
+    """Start PostgreSQL and Redis under `state_dir` unless DATABASE_URL / REDIS_URL are set; remove them after."""
+    started: list[PostgresServer | RedisServer] = []
+    notes = []
+    try:
+        if "DATABASE_URL" not in os.environ:
+            postgres = PostgresServer(state_dir / "postgres")
+            postgres.start()
+            started.append(postgres)
+            os.environ["DATABASE_URL"] = postgres.url
+            notes.append(f"throwaway PostgreSQL on 127.0.0.1:{postgres.port}")
+        if "REDIS_URL" not in os.environ:
+            redis_server = RedisServer(state_dir / "redis", appendonly=True)
+            redis_server.start()
+            started.append(redis_server)
+            os.environ["REDIS_URL"] = redis_server.url
+            notes.append(f"throwaway Redis (AOF on) on 127.0.0.1:{redis_server.port}")
+        get_settings.cache_clear()
+        app.conf.update(broker_url=os.environ["REDIS_URL"], result_backend=os.environ["REDIS_URL"])
+        yield notes
+    finally:
+        for server in reversed(started):
+            server.remove()
+
+
+def _traces(file: Path | None, count: int) -> list[Any]:
+    if file is None:
+        return list(generate_traces(count))
+    with file.open("rb") as lines:
+        return [line.value for line in read_jsonl(lines) if line.value is not None]
+
+
+def _ingest(traces: list[Any], batch_size: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    receipts: list[BatchReceipt] = [
+        enqueue_batch(traces[start : start + batch_size], source="tunix-ingest run")
+        for start in range(0, len(traces), batch_size)
+    ]
+    stored = rejected = 0
+    for receipt in receipts:
+        result = AsyncResult(receipt.task_id, app=app).get(timeout=300)
+        if result["state"] == "ingested":
+            stored += result["count"]
+        else:
+            rejected += receipt.trace_count
+    elapsed = time.perf_counter() - started
+    return {
+        "batches": len(receipts),
+        "stored": stored,
+        "rejected": rejected,
+        "seconds": elapsed,
+        "rate": stored / elapsed if elapsed else 0.0,
+    }
+
+
+def _run_processes(log_dir: Path, concurrency: int, keep_running: bool, ingest: Callable[[], dict[str, Any]]) -> None:
+    """Start worker, beat and Flower, ingest, print the summary; stop the processes before the servers go."""
+    flower_port = free_port()
+    worker = worker_process("run", log_dir, concurrency=concurrency).start()
+    children = [worker, beat_process(log_dir).start(), flower_process(log_dir, flower_port).start()]
+    try:
+        worker.wait_for_log(b" ready.")
+        click.echo(f"worker ready ({concurrency} processes); beat and Flower started; logs in {log_dir}")
+        summary = ingest()
+        figures = collect_stats()
+        click.echo(
+            f"stored {summary['stored']} traces in {summary['batches']} batches, rejected {summary['rejected']}, "
+            f"{summary['rate']:.0f} traces/s end to end ({summary['seconds']:.1f} s)\n"
+            f"database now holds {figures.traces_stored} traces; unpublished batches: "
+            f"{figures.unpublished_batches}; queue depth: {figures.queue_depth}\n"
+            f"Flower: http://127.0.0.1:{flower_port}/  database: {redact(os.environ['DATABASE_URL'])}"
+        )
+        if keep_running:
+            click.echo("running; press Ctrl-C to stop")
+            while all(child.running() for child in children):
+                time.sleep(0.5)
+            click.echo("a child process exited; stopping", err=True)
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+@click.command()
+@click.option(
+    "--traces",
+    "trace_count",
+    type=click.IntRange(1),
+    default=5000,
+    show_default=True,
+    help="How many generated sample traces to ingest.",
+)
+@click.option(
+    "--file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Ingest this JSONL file instead of generated traces.",
+)
+@click.option("--batch-size", type=click.IntRange(1, 1000), default=500, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True, help="Worker processes.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".tunix"),
+    show_default=True,
+    help="Where throwaway servers keep their data and logs.",
+)
+@click.option(
+    "--keep-running/--exit-after-ingest",
+    default=True,
+    show_default=True,
+    help="Keep worker, beat and Flower running until Ctrl-C, or stop after the summary.",
+)
+def run(
+    trace_count: int,
+    file: Path | None,
+    batch_size: int,
+    concurrency: int,
+    state_dir: Path,
+    keep_running: bool,
+) -> None:
+    """Run the main job: servers, migrations, worker + beat + Flower, a sample ingest and its summary.
+
+    Without DATABASE_URL / REDIS_URL it starts throwaway PostgreSQL and Redis under --state-dir and removes
+    them on exit. Ctrl-C stops every process it started.
+    """
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    state_dir = state_dir.resolve()
+    log_dir = state_dir / "logs"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    try:
+        with _local_servers(state_dir) as notes:
+            for note in notes:
+                click.echo(f"started {note}")
+            upgrade_to_head(os.environ["DATABASE_URL"])
+            _run_processes(log_dir, concurrency, keep_running, lambda: _ingest(_traces(file, trace_count), batch_size))
+    except _Stop as stop:
+        click.echo(f"\n{stop}: stopped")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("stopped; nothing left running")

@@ -1,0 +1,91 @@
+"""Child processes for `tunix-ingest run` and the bench: celery worker, beat and Flower, each in its own
+process group so that stopping one stops its pool children too."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ChildProcess:
+    """A long-running command with its output in `log_path`."""
+
+    def __init__(self, name: str, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ChildProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_for_log(self, marker: bytes, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise RuntimeError(f"{self.name} exited early; see {self.log_path}")
+            if marker in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the whole group (warm shutdown), SIGKILL if it is still there after `timeout`."""
+        if not self.running():
+            return
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+def celery_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker", *arguments]
+
+
+def worker_process(name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork") -> ChildProcess:
+    return ChildProcess(
+        f"worker {name}",
+        celery_command(
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "-Q",
+            "ingest,reprocess",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ),
+        log_dir / f"worker-{name}.log",
+    )
+
+
+def beat_process(log_dir: Path) -> ChildProcess:
+    return ChildProcess("beat", celery_command("beat", "--loglevel", "INFO"), log_dir / "beat.log")
+
+
+def flower_process(log_dir: Path, port: int, address: str = "127.0.0.1") -> ChildProcess:
+    return ChildProcess(
+        "flower", celery_command("flower", f"--address={address}", f"--port={port}"), log_dir / "flower.log"
+    )

@@ -1,0 +1,48 @@
+"""Ingest-level figures that Flower lacks, from PostgreSQL and Redis (`tunix-ingest stats` and `metrics`)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import orjson
+from pydantic import BaseModel
+from redis import Redis
+
+from services.reports import StoreTotals, store_totals
+from worker.cli.common import with_session
+from worker.settings import get_settings
+
+
+class IngestStats(BaseModel):
+    traces_stored: int
+    batches_by_state: dict[str, int]
+    unpublished_batches: int
+    queue_depth: int
+    oldest_waiting_age_s: float | None
+
+
+def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
+    """Seconds since the oldest waiting batch was enqueued (kombu pushes left and pops right)."""
+    raw = redis.lindex(queue, -1)
+    if raw is None:
+        return None
+    try:
+        envelope = orjson.loads(raw)
+        _, kwargs, _ = orjson.loads(base64.b64decode(envelope["body"]))
+        enqueued_at = datetime.fromisoformat(kwargs["enqueued_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return max(0.0, (datetime.now(UTC) - enqueued_at).total_seconds())
+
+
+def collect_stats() -> IngestStats:
+    settings = get_settings()
+    totals: StoreTotals = with_session(store_totals)
+    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=3)
+    try:
+        depth = int(redis.llen(settings.ingest_queue))
+        age = oldest_waiting_age(redis, settings.ingest_queue)
+    finally:
+        redis.close()
+    return IngestStats(**totals.model_dump(), queue_depth=depth, oldest_waiting_age_s=age)
