@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     #: Redis redelivers an unacked message after this long: the recovery bound for a dead worker host.
     #: Must stay above the longest task plus the longest retry delay (checked in `worker.celery_config`).
     visibility_timeout_s: int = Field(300, ge=10)
+    #: How often a worker looks for unacked messages older than the visibility timeout (one ZRANGE).
+    #: A dead host's batches come back within visibility_timeout_s + unacked_restore_interval_s.
+    unacked_restore_interval_s: int = Field(10, ge=1)
     task_soft_time_limit_s: int = Field(60, ge=1)
     task_time_limit_s: int = Field(90, ge=2)
     retry_backoff_max_s: int = Field(60, ge=1)
@@ -37,6 +40,8 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(12, ge=1)
     #: Times the scheduled re-drive sends one `failed` batch back before leaving it to an operator.
     max_redrives: int = Field(3, ge=0)
+    #: The outbox sweep leaves batches younger than this alone: their own worker is most likely publishing them.
+    sweep_grace_s: int = Field(30, ge=0)
     result_expires_s: int = Field(6 * 3600, ge=60)
     worker_max_tasks_per_child: int = Field(1000, ge=1)
     worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)

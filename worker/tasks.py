@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 #: How long a batch's delivery counter lives: far beyond the longest retry chain.
 DELIVERY_COUNTER_TTL_S = 24 * 3600
-#: The sweep leaves batches this young alone: their own worker is most likely publishing them right now.
-SWEEP_GRACE_S = 30
 #: Rows per derived-field refresh task: one transaction and a few MB of memory each.
 REFRESH_CHUNK_SIZE = 2000
 
@@ -63,7 +61,7 @@ async def _park(runtime: Runtime, message: dict[str, Any], reason: str) -> Inges
         return await park_failed_message(session, message, reason=reason, attempts=attempts, limits=runtime.limits)
 
 
-@app.task(bind=True, name="ingest.batch")
+@app.task(bind=True, name="ingest.batch", max_retries=None)  # our own limits decide, see below
 def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
     """Store one batch and publish its event. Safe to run again: rows are keyed by (batch_id, position).
 
@@ -87,21 +85,21 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
                 self.request.retries + 1,
                 countdown,
             )
-            raise self.retry(countdown=max(countdown, 1), max_retries=None) from None
+            raise self.retry(countdown=max(countdown, 1)) from None
         try:
             result = runtime.run(_park(runtime, message, reason))
         except Exception as park_error:
             if not is_transient(park_error):
                 raise
             # The database is still away: keep the message in the broker rather than lose the batch.
-            raise self.retry(countdown=settings.retry_backoff_max_s, max_retries=None) from None
+            raise self.retry(countdown=settings.retry_backoff_max_s) from None
     return result.model_dump(mode="json")
 
 
 async def _sweep(runtime: Runtime) -> int:
     async with runtime.session() as session:
         return await publish_unpublished_batches(
-            session, publisher=runtime.publisher, older_than=timedelta(seconds=SWEEP_GRACE_S)
+            session, publisher=runtime.publisher, older_than=timedelta(seconds=runtime.settings.sweep_grace_s)
         )
 
 

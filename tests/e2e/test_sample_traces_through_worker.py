@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from celery.result import AsyncResult
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import SAMPLE_DATA
+from tests.db import published_batches, query
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import events_by_batch, stream_events
@@ -22,22 +20,6 @@ BATCH_SIZE = 100
 def load_sample() -> list[dict[str, Any]]:
     with (SAMPLE_DATA / "dev-reasoning-v2.jsonl").open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines]
-
-
-def query(database_url: str, sql: str, **params: Any) -> list[Any]:
-    async def run() -> list[Any]:
-        engine = create_async_engine(database_url)
-        try:
-            async with engine.connect() as connection:
-                return list((await connection.execute(text(sql), params)).all())
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-def published_batches(database_url: str) -> int:
-    return int(query(database_url, "SELECT count(*) FROM batch WHERE published_at IS NOT NULL")[0][0])
 
 
 def test_all_550_sample_traces_are_stored_once_equal_and_announced_once(

@@ -1,0 +1,85 @@
+"""§8.1–8.3: worker processes, PostgreSQL and Redis die mid-ingest; every accepted trace is stored once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.db import published_batches, scalar
+from tests.e2e.conftest import FAST_RECOVERY, StartWorker
+from tests.polling import wait_for
+from tests.streams import events_by_batch
+from worker import enqueue_batch
+from worker.local_stack import PostgresServer, RedisServer
+from worker.sample_traces import generate_traces
+
+
+def enqueue_backlog(traces: int, batch_size: int) -> list[str]:
+    generated = list(generate_traces(traces, padding=30))
+    return [
+        str(enqueue_batch(generated[start : start + batch_size], source="crash-test").batch_id)
+        for start in range(0, traces, batch_size)
+    ]
+
+
+def assert_stored_exactly_once(database_url: str, redis_url: str, batch_ids: list[str], traces: int) -> None:
+    assert scalar(database_url, "SELECT count(*) FROM trace") == traces
+    assert scalar(database_url, "SELECT count(DISTINCT (batch_id, position)) FROM trace") == traces
+    assert scalar(database_url, "SELECT count(*) FROM batch WHERE state = 'ingested'") == len(batch_ids)
+    announced = events_by_batch(redis_url)
+    assert set(announced) == set(batch_ids)  # at least once each (a crash may repeat one)
+
+
+def test_sigkill_of_pool_children_and_of_the_whole_worker_loses_and_duplicates_nothing(
+    start_worker: StartWorker, database_url: str, redis_url: str
+) -> None:
+    batch_ids = enqueue_backlog(20_000, 500)
+    worker = start_worker("victim", env=FAST_RECOVERY)
+    wait_for(lambda: published_batches(database_url) >= 3, timeout=60, what="the drain to start")
+
+    for child in worker.child_pids():  # a pool child dies mid-batch: the main process redelivers at once
+        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: published_batches(database_url) >= 10, timeout=60, what="the drain to go on")
+    worker.kill()  # the whole worker host dies: its unacked batches come back after the visibility timeout
+    stored_at_crash = published_batches(database_url)
+    assert stored_at_crash < len(batch_ids), "the crash came too late to prove anything"
+
+    start_worker("rescuer", env=FAST_RECOVERY)
+    wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="every batch stored")
+    time.sleep(1)  # let any late redelivery run: it must add nothing
+    assert_stored_exactly_once(database_url, redis_url, batch_ids, 20_000)
+    assert "exited with 'signal 9 (SIGKILL)'" in worker.log()
+
+
+def test_postgres_restart_during_a_drain_retries_until_stored(
+    start_worker: StartWorker, postgres: PostgresServer | None, database_url: str, redis_url: str
+) -> None:
+    if postgres is None:
+        pytest.skip("TEST_DATABASE_URL points at a server this suite does not own and cannot restart")
+    batch_ids = enqueue_backlog(15_000, 500)
+    start_worker("drain", env=FAST_RECOVERY)
+    wait_for(lambda: published_batches(database_url) >= 2, timeout=60, what="the drain to start")
+    postgres.stop("fast")
+    time.sleep(3)  # an outage long enough for several retries
+    postgres.start()
+
+    wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="every batch stored")
+    assert_stored_exactly_once(database_url, redis_url, batch_ids, 15_000)
+    assert scalar(database_url, "SELECT max(attempts) FROM batch") > 1, "retries should show in the batch record"
+
+
+def test_redis_restart_with_queued_batches_keeps_every_accepted_batch(
+    start_worker: StartWorker, redis_server: RedisServer | None, database_url: str, redis_url: str
+) -> None:
+    if redis_server is None:
+        pytest.skip("TEST_REDIS_URL points at a server this suite does not own and cannot restart")
+    batch_ids = enqueue_backlog(5_000, 250)
+    redis_server.stop()  # SIGTERM: Redis writes its append-only file, as on a clean restart
+    redis_server.start()
+
+    start_worker("after-restart", env=FAST_RECOVERY)
+    wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="every batch stored")
+    assert_stored_exactly_once(database_url, redis_url, batch_ids, 5_000)
