@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -16,6 +17,14 @@ class JsonlLine(NamedTuple):
     problem: str | None
 
 
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # The standard parser also takes escaped lone surrogates, so validation can name the field that has one.
+        return json.loads(raw)
+
+
 def read_jsonl(lines: Iterable[bytes]) -> Iterator[JsonlLine]:
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -26,8 +35,8 @@ def read_jsonl(lines: Iterable[bytes]) -> Iterator[JsonlLine]:
             yield JsonlLine(number, None, f"not valid UTF-8 (byte {error.start})")
             continue
         try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as error:
+            value = _loads(raw)
+        except json.JSONDecodeError as error:
             yield JsonlLine(number, None, f"not valid JSON ({error.msg} at column {error.colno})")
             continue
         if not isinstance(value, dict):

@@ -41,7 +41,8 @@ class PostgresServer:
 
     def __init__(self, directory: Path, port: int | None = None, *, durable: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        if not _reachable_by_postgres(directory):
+        if not _reachable_by_postgres(directory):  # e.g. under a 0700 home: keep the cluster in /tmp instead
+            directory.rmdir()
             directory = Path(tempfile.mkdtemp(prefix="tunix-pg-"))
         self.directory = directory
         self.data = directory / "pgdata"

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -121,7 +123,7 @@ async def test_one_select_after_commit_reads_back_a_batch_of_1000(
 async def test_unreachable_stream_leaves_the_batch_stored_but_unpublished(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    dead_redis = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    dead_redis = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
     batch = make_batch(list(generate_traces(4)))
     async with sessions() as session:
         result = await ingest_batch(session, batch, publisher=RedisStreamPublisher(dead_redis, STREAM, 100))

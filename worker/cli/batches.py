@@ -20,22 +20,27 @@ from worker.jsonl import JsonlLine, read_jsonl
 from worker.settings import get_settings
 
 
-def _enqueue_chunk(chunk: list[JsonlLine], source: str, bad: list[str]) -> BatchReceipt | None:
-    """Enqueue the valid traces of `chunk`; report each invalid one by line number and leave it out."""
+def _enqueue_chunk(chunk: list[JsonlLine], source: str, bad: list[str]) -> list[BatchReceipt]:
+    """Enqueue the valid traces of `chunk`; report each invalid one by line number and leave it out.
+    A chunk over the byte limit is split in halves; a single trace over it is reported as its line."""
     while chunk:
         try:
-            return enqueue_batch([line.value for line in chunk], source=source)
+            return [enqueue_batch([line.value for line in chunk], source=source)]
         except BatchRejected as rejected:
             per_trace = [error for error in rejected.errors if error.trace_index is not None]
-            if not per_trace:
-                raise
+            if not per_trace:  # the batch as a whole is too big
+                if len(chunk) == 1:
+                    bad.append(f"line {chunk[0].number}: {rejected.errors[0].message}")
+                    return []
+                half = len(chunk) // 2
+                return _enqueue_chunk(chunk[:half], source, bad) + _enqueue_chunk(chunk[half:], source, bad)
             invalid = {error.trace_index for error in per_trace}
             bad.extend(
                 f"line {chunk[e.trace_index].number}: {e.field_path}: {e.message}"  # type: ignore[index]
                 for e in per_trace
             )
             chunk = [line for index, line in enumerate(chunk) if index not in invalid]
-    return None
+    return []
 
 
 @click.command()
@@ -55,12 +60,13 @@ def enqueue(file: BinaryIO, source: str, batch_size: int, wait: bool, timeout: f
     lines = list(read_jsonl(file))
     bad = [f"line {line.number}: {line.problem}" for line in lines if line.problem]
     good = [line for line in lines if line.value is not None]
+    if not lines:
+        raise ExpectedFailure(f"no traces in {file.name}")
     chunks = [good[start : start + limit] for start in range(0, len(good), limit)]
     receipts: list[BatchReceipt] = []
     with click.progressbar(chunks, label="enqueueing", file=sys.stderr, show_pos=True) as progress:
         for chunk in progress:
-            if receipt := _enqueue_chunk(chunk, source, bad):
-                receipts.append(receipt)
+            receipts += _enqueue_chunk(chunk, source, bad)
     enqueued = sum(receipt.trace_count for receipt in receipts)
     click.echo(f"enqueued {enqueued} traces in {len(receipts)} batches; {len(bad)} lines rejected")
     for problem in bad:

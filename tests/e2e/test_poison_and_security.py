@@ -1,0 +1,156 @@
+"""§8.4–8.6 and §8.8 with real worker processes: poison messages, publish failures, duplicate delivery,
+pickle injection and credentials in logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery.result import AsyncResult
+from kombu import Connection, Exchange, Producer
+
+from tests.db import published_batches, query, scalar
+from tests.e2e.conftest import StartWorker
+from tests.polling import wait_for
+from tests.streams import events_by_batch, stream_events
+from worker import app, enqueue_batch
+from worker.local_stack import RedisServer
+from worker.sample_traces import generate_traces
+
+
+def raw_message(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> dict[str, Any]:
+    return {"batch_id": str(batch_id or uuid.uuid4()), "source": "hand-crafted", "traces": traces}
+
+
+def test_hand_crafted_invalid_message_is_rejected_first_try_and_the_queue_keeps_flowing(
+    worker_process: object, database_url: str
+) -> None:
+    bad_traces = [*generate_traces(2), {"prompt": "no answer", "steps": []}]
+    poison = raw_message(bad_traces)
+    poison_task = app.send_task("ingest.batch", kwargs=poison, queue="ingest")
+    not_even_a_batch = app.send_task("ingest.batch", args=[1, 2], kwargs={"batch_id": "nope"}, queue="ingest")
+    good = enqueue_batch(list(generate_traces(5)), source="after-poison")
+
+    result = AsyncResult(poison_task.id, app=app).get(timeout=60)
+    assert result["state"] == "rejected"
+    assert {(e["trace_index"], e["field_path"]) for e in result["errors"]} >= {(2, "final_answer"), (2, "steps")}
+    assert AsyncResult(not_even_a_batch.id, app=app).get(timeout=60)["state"] == "rejected"
+    assert AsyncResult(good.task_id, app=app).get(timeout=60)["count"] == 5
+
+    (row,) = query(
+        database_url,
+        "SELECT state, attempts, errors, raw_payload FROM batch WHERE id = :id",
+        id=uuid.UUID(poison["batch_id"]),
+    )
+    assert row.state == "rejected" and row.attempts == 1
+    assert json.loads(row.raw_payload) == poison
+    assert scalar(database_url, "SELECT count(*) FROM trace") == 5  # nothing of the poison batch
+
+
+def test_failed_publish_leaves_the_batch_for_the_sweep_which_publishes_without_reinserting(
+    start_worker: StartWorker, database_url: str, redis_url: str
+) -> None:
+    broken_stream = "traces:broken"
+    client = redis.Redis.from_url(redis_url)
+    client.set(broken_stream, "not a stream")  # XADD now fails with WRONGTYPE, a real Redis error
+    start_worker("publisher", env={"INGEST_EVENTS_STREAM": broken_stream, "SWEEP_GRACE_S": "0"})
+    receipts = [enqueue_batch(list(generate_traces(50, seed=s)), source="outbox") for s in range(3)]
+    results = [AsyncResult(r.task_id, app=app).get(timeout=60) for r in receipts]
+    assert [r["published"] for r in results] == [False, False, False]
+    assert scalar(database_url, "SELECT count(*) FROM trace") == 150
+    assert published_batches(database_url) == 0
+
+    client.delete(broken_stream)  # the outage ends
+    swept = app.send_task("reprocess.sweep", queue="reprocess").get(timeout=60)
+
+    assert swept == 3
+    assert published_batches(database_url) == 3
+    assert scalar(database_url, "SELECT count(*) FROM trace") == 150
+    events = stream_events(redis_url, broken_stream)
+    assert sorted(e["batch_id"] for e in events) == sorted(str(r.batch_id) for r in receipts)
+    assert app.send_task("reprocess.sweep", queue="reprocess").get(timeout=60) == 0
+
+
+def test_the_same_message_delivered_twice_at_once_is_stored_once(
+    worker_process: object, database_url: str, redis_url: str
+) -> None:
+    message = raw_message(list(generate_traces(1000, padding=20)))
+    first = app.send_task("ingest.batch", kwargs=message, queue="ingest")
+    second = app.send_task("ingest.batch", kwargs=message, queue="ingest")
+
+    one, two = (AsyncResult(t.id, app=app).get(timeout=60) for t in (first, second))
+
+    assert one["traces"] == two["traces"]
+    assert scalar(database_url, "SELECT count(*) FROM trace") == 1000
+    assert len(events_by_batch(redis_url)[message["batch_id"]]) in (1, 2)  # at least once, never lost
+
+
+class _Exploit:
+    """Unpickling this runs a shell command: a worker that accepted pickle would create the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickled_message_is_refused_and_never_executed(worker_process: Any, redis_url: str) -> None:
+    marker = Path(tempfile.gettempdir()) / f"pickle-ran-{uuid.uuid4().hex}"
+    with Connection(redis_url) as connection:
+        producer = Producer(connection, exchange=Exchange("ingest", type="direct"), routing_key="ingest")
+        producer.publish(
+            [[], {"batch_id": str(uuid.uuid4()), "payload": _Exploit(str(marker))}, {}],
+            serializer="pickle",
+            headers={"task": "ingest.batch", "id": str(uuid.uuid4()), "lang": "py"},
+            declare=[],
+        )
+    follow_up = enqueue_batch(list(generate_traces(3)), source="after-pickle")
+
+    assert AsyncResult(follow_up.task_id, app=app).get(timeout=60)["count"] == 3
+    wait_for(
+        lambda: "Refusing to deserialize untrusted content of type pickle" in worker_process.log(),
+        timeout=30,
+        what="the refusal in the log",
+    )
+    assert not marker.exists()
+
+
+def test_no_credential_appears_in_logs_or_errors_with_a_password_protected_redis(
+    start_worker: StartWorker, database_url: str, tmp_path: Path
+) -> None:
+    password = f"s3cret-{uuid.uuid4().hex[:12]}"
+    server = RedisServer(tmp_path / "redis", password=password)
+    server.start()
+    try:
+        env = {"REDIS_URL": server.url, "DATABASE_URL": database_url}
+        worker = start_worker("secured", env=env)
+        traces = tmp_path / "traces.jsonl"
+        traces.write_text("\n".join(json.dumps(t) for t in generate_traces(20)) + "\nnot json\n")
+        cli_env = {**os.environ, **env}
+        enqueue = _cli(["enqueue", str(traces), "--wait", "--batch-size", "10"], cli_env)
+        stats = _cli(["stats"], cli_env)
+        wrong = _cli(["stats"], {**cli_env, "REDIS_URL": server.url.replace(password, "wrong-" + password)})
+        unreachable = _cli(["migrate"], {**cli_env, "DATABASE_URL": f"postgresql+asyncpg://u:{password}@127.0.0.1:1/x"})
+        worker.stop()
+    finally:
+        server.remove()
+
+    assert "stored 20 traces" in enqueue.stdout and enqueue.returncode == 1  # the bad line is reported
+    assert stats.returncode == 0 and wrong.returncode == 1 and unreachable.returncode == 1
+    for output in (enqueue, stats, wrong, unreachable):
+        assert password not in output.stdout + output.stderr
+        assert "Traceback" not in output.stderr
+    assert password not in worker.log()
+
+
+def _cli(arguments: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from worker.cli import main; main()", *arguments]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)

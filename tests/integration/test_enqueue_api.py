@@ -1,0 +1,84 @@
+"""The producer API against a real Redis (no worker running: messages stay queued where we can see them)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull
+from worker import enqueue_batch, enqueue_batch_async
+from worker.enqueue import _redis, queue_depth
+from worker.local_stack import free_port
+from worker.sample_traces import generate_traces
+from worker.settings import get_settings
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Change settings through the environment for one test."""
+    yield monkeypatch
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def queued_kwargs(redis_url: str) -> list[dict[str, object]]:
+    raw = redis.Redis.from_url(redis_url).lrange("ingest", 0, -1)
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[1] for m in reversed(raw)]
+
+
+def test_accepted_batch_is_on_the_queue_as_json_with_its_traces(redis_url: str) -> None:
+    traces = list(generate_traces(3))
+    receipt = enqueue_batch(traces, source="producer-a")
+    (queued,) = queued_kwargs(redis_url)
+    assert queued["batch_id"] == str(receipt.batch_id) and queued["source"] == "producer-a"
+    assert queued["traces"] == traces and receipt.trace_count == 3
+
+
+def test_invalid_batch_enqueues_nothing(redis_url: str) -> None:
+    with pytest.raises(BatchRejected, match="at least one"):
+        enqueue_batch([], source="p")
+    with pytest.raises(BatchRejected, match="source"):
+        enqueue_batch(list(generate_traces(1)), source="")
+    assert queue_depth() == 0
+
+
+def test_retry_with_same_id_and_traces_is_accepted_but_other_traces_conflict(redis_url: str) -> None:
+    batch_id = uuid.uuid4()
+    traces = list(generate_traces(4))
+    first = enqueue_batch(traces, source="p", batch_id=batch_id)
+    again = enqueue_batch(traces, source="p", batch_id=batch_id)
+    assert again.batch_id == first.batch_id == batch_id
+    with pytest.raises(BatchConflict):
+        enqueue_batch(list(generate_traces(4, seed=9)), source="p", batch_id=batch_id)
+    assert queue_depth() == 2
+
+
+def test_full_queue_pushes_back_with_a_retry_delay(settings_env: pytest.MonkeyPatch) -> None:
+    settings_env.setenv("INGEST_MAX_QUEUE_DEPTH", "2")
+    get_settings.cache_clear()
+    for _ in range(2):
+        enqueue_batch(list(generate_traces(1)), source="p")
+    with pytest.raises(QueueFull) as full:
+        enqueue_batch(list(generate_traces(1)), source="p")
+    assert full.value.retry_after > 0 and full.value.depth == 2
+    assert queue_depth() == 2
+
+
+def test_unreachable_redis_raises_enqueue_failed_without_the_password(settings_env: pytest.MonkeyPatch) -> None:
+    settings_env.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    with pytest.raises(EnqueueFailed) as failed:
+        enqueue_batch(list(generate_traces(1)), source="p")
+    assert "hunter2" not in str(failed.value)
+    _redis.cache_clear()
+
+
+async def test_async_producers_get_the_same_receipt(redis_url: str) -> None:
+    receipt = await enqueue_batch_async(list(generate_traces(2)), source="async-producer")
+    assert receipt.trace_count == 2
+    assert queued_kwargs(redis_url)[0]["batch_id"] == str(receipt.batch_id)

@@ -1,0 +1,100 @@
+"""Settings, credential redaction, error classification and the JSONL reader: pure logic."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import SecretStr
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from services.errors import BatchConflict, BatchRejected, PublishFailed, QueueFull, TraceError
+from worker.celery_app import celery_config
+from worker.jsonl import read_jsonl
+from worker.settings import Settings, redact
+from worker.transient import is_transient
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+        (
+            "rediss://user:p%40ss@h:1/0 and postgresql+asyncpg://u:x@db/n",
+            "rediss://user:***@h:1/0 and postgresql+asyncpg://u:***@db/n",
+        ),
+        ("redis://h:1/0", "redis://h:1/0"),
+    ],
+)
+def test_redact_hides_every_password_in_urls(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_secrets_never_print_with_the_settings() -> None:
+    settings = Settings(redis_url=SecretStr("redis://:topsecret@h:1/0"))
+    assert "topsecret" not in repr(settings) and "topsecret" not in str(settings.model_dump())
+
+
+def test_visibility_timeout_must_exceed_the_longest_task_and_retry_delay() -> None:
+    with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT_S"):
+        celery_config(Settings(visibility_timeout_s=60, task_time_limit_s=50, retry_backoff_max_s=20))
+
+
+def test_celery_is_configured_json_only_with_late_acks() -> None:
+    config = celery_config(Settings())
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+
+
+def test_rediss_urls_get_certificate_verification() -> None:
+    config = celery_config(Settings(redis_url=SecretStr("rediss://:pw@h:6380/0")))
+    assert config["broker_use_ssl"] == {"ssl_cert_reqs": 2}  # ssl.CERT_REQUIRED
+    assert celery_config(Settings())["broker_use_ssl"] is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(),
+        TimeoutError(),
+        RedisConnectionError(),
+        SoftTimeLimitExceeded(),
+        PublishFailed("x"),
+        DBAPIError("SELECT 1", {}, asyncpg.exceptions.CannotConnectNowError("starting up")),
+    ],
+)
+def test_connection_loss_and_timeouts_are_transient(error: BaseException) -> None:
+    assert is_transient(error)
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("bug"), ResponseError("WRONGTYPE"), IntegrityError("INSERT", {}, Exception("dup"))]
+)
+def test_bugs_and_bad_data_are_not_transient(error: BaseException) -> None:
+    assert not is_transient(error)
+
+
+def test_invalidated_connections_are_transient() -> None:
+    error = DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
+    assert is_transient(error)
+
+
+def test_jsonl_lines_are_numbered_and_each_bad_line_says_why() -> None:
+    lines = [b'{"a": 1}\n', b"\n", b"{not json\n", b"\xff\xfe\n", b"[1, 2]\n", b'{"b": 2}']
+    read = list(read_jsonl(lines))
+    assert [(line.number, line.value) for line in read if line.value] == [(1, {"a": 1}), (6, {"b": 2})]
+    problems = {line.number: line.problem for line in read if line.problem}
+    assert set(problems) == {3, 4, 5}
+    assert "not valid JSON" in str(problems[3])
+    assert "not valid UTF-8" in str(problems[4])
+    assert "JSON object" in str(problems[5])
+
+
+def test_error_messages_name_the_problem() -> None:
+    assert "retry in 5 s" in str(QueueFull(12, 10, retry_after=5))
+    assert "different traces" in str(BatchConflict("b1"))
+    many = BatchRejected([TraceError(i, "prompt", "bad") for i in range(12)])
+    assert "12 problem(s)" in str(many) and "(and 2 more)" in str(many)
