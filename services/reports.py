@@ -57,7 +57,7 @@ async def get_batch_status(session: AsyncSession, batch_id: UUID) -> BatchStatus
 async def store_totals(session: AsyncSession) -> StoreTotals:
     """Traces stored, batches by state and batches still waiting for their event."""
     rows = await session.execute(select(Batch.state, func.count()).group_by(Batch.state))
-    by_state = {state: count for state, count in rows}
+    by_state: dict[str, int] = dict(rows.all())
     traces = await session.scalar(select(func.count()).select_from(Trace))
     unpublished = await session.scalar(
         select(func.count()).select_from(Batch).where(Batch.state == BatchState.INGESTED, Batch.published_at.is_(None))

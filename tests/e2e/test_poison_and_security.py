@@ -14,7 +14,9 @@ from typing import Any
 
 import redis
 from celery.result import AsyncResult
-from kombu import Connection, Exchange, Producer
+from kombu.connection import Connection
+from kombu.entity import Exchange
+from kombu.messaging import Producer
 
 from tests.db import published_batches, query, scalar
 from tests.e2e.conftest import StartWorker

@@ -171,7 +171,7 @@ async def test_version_bump_refreshes_exactly_the_stale_rows_chunk_by_chunk(
             .where(Trace.derivation_version == derived.DERIVATION_VERSION)
             .group_by(Trace.batch_id)
         )
-        versions = {batch_id: count for batch_id, count in rows}
+        versions = dict(rows.all())
         assert versions == {old_batch: 250, new_batch: 40}
         assert await session.scalar(select(func.count()).where(Trace.total_chars != -1)) == 0
 
