@@ -7,6 +7,7 @@ import sys
 import click
 
 from worker.cli.batches import enqueue, redrive, status
+from worker.cli.bench import bench
 from worker.cli.common import ExpectedFailure
 from worker.cli.ops import migrate, stats
 from worker.cli.run import run
@@ -20,7 +21,7 @@ def cli() -> None:
     """
 
 
-for command in (run, enqueue, status, redrive, migrate, stats):
+for command in (run, enqueue, status, redrive, migrate, stats, bench):
     cli.add_command(command)
 
 

@@ -1,0 +1,96 @@
+"""Measuring real worker processes: drain time of a pre-filled queue, enqueue→published latency, RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from redis import Redis
+
+from worker.enqueue import enqueue_batch
+from worker.processes import ChildProcess, worker_process
+
+
+def start_workers(log_dir: Path, processes: int, pool: str) -> list[ChildProcess]:
+    """`processes` pool processes: one prefork node with that many children, or that many solo nodes."""
+    if pool == "prefork":
+        nodes = [worker_process("bench", log_dir, concurrency=processes)]
+    else:
+        nodes = [worker_process(f"bench{index}", log_dir, concurrency=1, pool="solo") for index in range(processes)]
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        node.wait_for_log(b" ready.")
+    return nodes
+
+
+def rss_mib(nodes: list[ChildProcess]) -> float:
+    """Resident memory of every worker process (main processes and pool children), in MiB."""
+    pids = [node.process.pid for node in nodes if node.process]
+    children = subprocess.run(["pgrep", "-P", ",".join(map(str, pids))], capture_output=True, text=True).stdout
+    total_kb = 0
+    for pid in pids + [int(child) for child in children.split()]:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        total_kb += next(int(row.split()[1]) for row in status.splitlines() if row.startswith("VmRSS:"))
+    return total_kb / 1024
+
+
+async def wait_until_published(dsn: str, batches: int, timeout: float) -> float:
+    """Seconds until `batches` batches are published, polling every 50 ms."""
+    connection = await asyncpg.connect(dsn)
+    started = time.perf_counter()
+    try:
+        while time.perf_counter() - started < timeout:
+            if await connection.fetchval("SELECT count(*) FROM batch WHERE published_at IS NOT NULL") >= batches:
+                return time.perf_counter() - started
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+    raise TimeoutError(f"{batches} batches were not published within {timeout:.0f} s")
+
+
+def enqueue_rate(batches: list[list[dict[str, Any]]], source: str) -> float:
+    """Traces per second one producer enqueues, validation included."""
+    started = time.perf_counter()
+    for batch in batches:
+        enqueue_batch(batch, source=source)
+    return sum(len(batch) for batch in batches) / (time.perf_counter() - started)
+
+
+def latency_ms(batches: list[list[dict[str, Any]]], rate: float, redis_url: str, stream: str) -> dict[str, float]:
+    """Enqueue `batches` at `rate` traces/s; enqueue→published latency from each event's stream id (its
+    XADD time in ms) back to the moment the producer called `enqueue_batch`."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    last_id = redis.xrevrange(stream, count=1)  # type: ignore[no-untyped-call]
+    start_id = last_id[0][0] if last_id else "0"
+    interval = len(batches[0]) / rate
+    sent: dict[str, float] = {}
+    next_at = time.time()
+    for batch in batches:
+        time.sleep(max(0.0, next_at - time.time()))
+        called = time.time()
+        sent[str(enqueue_batch(batch, source="bench-latency").batch_id)] = called
+        next_at += interval
+    deadline = time.time() + 60
+    seen: dict[str, float] = {}
+    while len(seen) < len(sent) and time.time() < deadline:
+        for entry_id, fields in redis.xrange(stream, min=f"({start_id}"):  # type: ignore[union-attr]
+            if fields["batch_id"] in sent:
+                seen[fields["batch_id"]] = int(entry_id.split("-")[0]) / 1000
+        time.sleep(0.1)
+    redis.close()
+    latencies = sorted((seen[batch] - sent[batch]) * 1000 for batch in seen)
+    return {
+        "p50": statistics.median(latencies),
+        "p99": latencies[max(0, math.ceil(len(latencies) * 0.99) - 1)],
+        "batches": len(latencies),
+    }

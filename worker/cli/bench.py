@@ -1,0 +1,130 @@
+"""`tunix-ingest bench`: the performance figures of PRODUCT.md §9 from one run on one PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.bench_copy import copy_ceiling
+from worker.bench_drain import enqueue_rate, latency_ms, rss_mib, start_workers, wait_until_published
+from worker.celery_app import app
+from worker.local_stack import PostgresServer, RedisServer
+from worker.migrate import upgrade_to_head
+from worker.sample_traces import generate_traces
+from worker.settings import get_settings
+
+#: Words of filler per generated trace: about 2.8 KB of JSON, the size the performance targets assume.
+BENCH_PADDING = 170
+
+
+def _chunks(traces: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [traces[start : start + size] for start in range(0, len(traces), size)]
+
+
+def _measure(trace_count: int, batch_size: int, processes: int, pool: str, work_dir: Path) -> dict[str, Any]:
+    settings = get_settings()
+    dsn = settings.database_url.get_secret_value().replace("+asyncpg", "")
+    traces = list(generate_traces(trace_count, seed=7, padding=BENCH_PADDING))
+    batches = _chunks(traces, batch_size)
+    figures: dict[str, Any] = {
+        "traces": trace_count,
+        "batch_size": batch_size,
+        "processes": processes,
+        "pool": pool,
+        "trace_bytes": round(sum(len(json.dumps(t)) for t in traces[:100]) / 100),
+    }
+    figures["enqueue_rate"] = enqueue_rate(batches, source="bench")
+    nodes = start_workers(work_dir / "logs", processes, pool)
+    try:
+        figures["rss_start_mib"] = rss_mib(nodes)
+        figures["drain_seconds"] = asyncio.run(wait_until_published(dsn, len(batches), timeout=3600))
+        figures["drain_rate"] = trace_count / figures["drain_seconds"]
+        latency_batches = _chunks(list(generate_traces(20_000, seed=8, padding=BENCH_PADDING)), 100)[:200]
+        figures["latency_ms"] = latency_ms(
+            latency_batches,
+            figures["drain_rate"] / 2,
+            settings.redis_url.get_secret_value(),
+            settings.ingest_events_stream,
+        )
+        figures["rss_end_mib"] = rss_mib(nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+    figures["copy_rate"] = asyncio.run(copy_ceiling(dsn, batches, connections=processes))
+    figures["ratio"] = figures["drain_rate"] / figures["copy_rate"]
+    figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return figures
+
+
+def _table(f: dict[str, Any]) -> str:
+    latency = f["latency_ms"]
+    rows = [
+        ("traces / batch size / trace size", f"{f['traces']:,} / {f['batch_size']} / {f['trace_bytes']:,} B"),
+        ("worker processes", f"{f['processes']} ({f['pool']})"),
+        ("drain rate (queue -> committed+published)", f"{f['drain_rate']:,.0f} traces/s ({f['drain_seconds']:.1f} s)"),
+        (f"raw COPY ceiling ({f['processes']} connections)", f"{f['copy_rate']:,.0f} traces/s"),
+        ("drain / COPY ratio", f"{f['ratio']:.2f}"),
+        ("enqueue rate (1 producer, validated)", f"{f['enqueue_rate']:,.0f} traces/s"),
+        (
+            "latency enqueue->published at half load",
+            f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms ({latency['batches']} batches of 100)",
+        ),
+        ("worker RSS start -> end", f"{f['rss_start_mib']:.0f} MiB -> {f['rss_end_mib']:.0f} MiB"),
+        ("machine", f["machine"]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+@click.command()
+@click.option("--traces", "trace_count", type=click.IntRange(1000), default=100_000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1000), default=1000, show_default=True)
+@click.option("--processes", type=click.IntRange(1), default=2, show_default=True, help="Worker pool processes.")
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "solo"]),
+    default="solo",
+    show_default=True,
+    help="prefork: one node with N children; solo: N single-process nodes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench(trace_count: int, batch_size: int, processes: int, pool: str, as_json: bool) -> None:
+    """Measure drain rate against the raw COPY ceiling, enqueue rate, latency and worker RSS.
+
+    Runs on its own throwaway PostgreSQL and Redis (fsync off for both paths alike) and removes them after.
+    """
+    work_dir = Path(tempfile.mkdtemp(prefix="tunix-bench-"))
+    postgres, redis_server = PostgresServer(work_dir / "postgres"), RedisServer(work_dir / "redis", appendonly=False)
+    saved = {key: os.environ.get(key) for key in ("DATABASE_URL", "REDIS_URL")}
+    try:
+        postgres.start()
+        redis_server.start()
+        os.environ.update(
+            DATABASE_URL=postgres.url, REDIS_URL=redis_server.url, INGEST_MAX_QUEUE_DEPTH=str(trace_count)
+        )
+        get_settings.cache_clear()
+        app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+        upgrade_to_head(postgres.url)
+        started = time.perf_counter()
+        figures = _measure(trace_count, batch_size, processes, pool, work_dir)
+        figures["bench_seconds"] = time.perf_counter() - started
+    finally:
+        redis_server.remove()
+        postgres.remove()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+    click.echo(json.dumps(figures) if as_json else _table(figures))
