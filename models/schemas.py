@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from typing_extensions import TypedDict
 
 #: Serialized size cap of a trace's `meta` (PRODUCT.md §3).
 META_MAX_BYTES = 64 * 1024
@@ -74,11 +75,29 @@ def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     return meta
 
 
-#: Non-empty strings of at most N characters that PostgreSQL can store.
-Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)]
-Text200 = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
-Text20k = Annotated[str, StringConstraints(min_length=1, max_length=20_000), AfterValidator(_storable)]
-Text50k = Annotated[str, StringConstraints(min_length=1, max_length=50_000), AfterValidator(_storable)]
+def unique_step_indices(steps: list[Any]) -> list[Any]:
+    """Step indices `i` must be unique within a trace (steps are models or plain dicts)."""
+    indices = [step["i"] if isinstance(step, dict) else step.i for step in steps]
+    if len(set(indices)) == len(indices):
+        return steps
+    seen: set[int] = set()
+    for position, index in enumerate(indices):
+        if index in seen:
+            raise ValueError(f"duplicate step index i={index} at steps[{position}]")
+        seen.add(index)
+    raise AssertionError("unreachable: a duplicate was counted")
+
+
+#: Non-empty strings of at most N characters. The `Storable` kinds also reject what PostgreSQL cannot store.
+Short = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Long = Annotated[str, StringConstraints(min_length=1, max_length=50_000)]
+StepText = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+StorableShort = Annotated[Short, AfterValidator(_storable)]
+StorableLong = Annotated[Long, AfterValidator(_storable)]
+StorableStepText = Annotated[StepText, AfterValidator(_storable)]
+Source = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
+StepIndex = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Meta = Annotated[dict[str, Any] | None, AfterValidator(_valid_meta)]
 
 
 class StepIn(BaseModel):
@@ -86,9 +105,9 @@ class StepIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    i: int = Field(ge=0, le=2**31 - 1)
-    type: Text64
-    content: Text20k
+    i: StepIndex
+    type: StorableShort
+    content: StorableStepText
 
 
 class TraceIn(BaseModel):
@@ -96,21 +115,31 @@ class TraceIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    trace_version: Text64
-    prompt: Text50k
-    final_answer: Text50k
-    steps: list[StepIn] = Field(min_length=1, max_length=1000)
-    meta: Annotated[dict[str, Any] | None, AfterValidator(_valid_meta)] = None
+    trace_version: StorableShort
+    prompt: StorableLong
+    final_answer: StorableLong
+    steps: Annotated[list[StepIn], Field(min_length=1, max_length=1000), AfterValidator(unique_step_indices)]
+    meta: Meta = None
 
-    @field_validator("steps")
-    @classmethod
-    def _step_indices_unique(cls, steps: list[StepIn]) -> list[StepIn]:
-        seen: set[int] = set()
-        for position, step in enumerate(steps):
-            if step.i in seen:
-                raise ValueError(f"duplicate step index i={step.i} at steps[{position}]")
-            seen.add(step.i)
-        return steps
+
+class StepFields(TypedDict):
+    """`StepIn`'s rules on a plain dict, minus storability (checked for a whole batch at once)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+    i: StepIndex
+    type: Short
+    content: StepText
+
+
+class TraceFields(TypedDict):
+    """`TraceIn`'s rules on a plain dict, minus storability: validates without building models (4x faster)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+    trace_version: Short
+    prompt: Long
+    final_answer: Long
+    steps: Annotated[list[StepFields], Field(min_length=1, max_length=1000), AfterValidator(unique_step_indices)]
+    meta: NotRequired[Meta]
 
 
 class BatchMessage(BaseModel):
@@ -119,7 +148,7 @@ class BatchMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_id: UUID
-    source: Text200
+    source: Source
     traces: list[Any]
     enqueued_at: datetime | None = None
 

@@ -9,10 +9,13 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from models.schemas import TraceIn
+from models.schemas import TraceFields, TraceIn
 from services.errors import BatchRejected, TraceError
 
-_TRACES = TypeAdapter(list[TraceIn])
+_FAST = TypeAdapter(list[TraceFields])
+_PRECISE = TypeAdapter(list[TraceIn])
+#: How orjson writes a NUL character inside a JSON string.
+_ESCAPED_NUL = b"\\u0000"
 
 
 class ValidatedBatch(NamedTuple):
@@ -77,7 +80,10 @@ def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int)
             [TraceError(None, "traces", f"{len(body)} bytes of JSON exceeds maximum of {max_bytes} per batch")]
         )
     try:
-        _TRACES.validate_python(plain)
+        _FAST.validate_python(plain)
+        if body is None or _ESCAPED_NUL in body:
+            # Some string may not be storable (a NUL, a lone surrogate): the per-field validators name it.
+            _PRECISE.validate_python(plain)
     except ValidationError as error:
         raise BatchRejected(_trace_errors(error)) from None
     if body is None:

@@ -9,6 +9,7 @@ from celery import Celery
 
 from worker.beat import BEAT_SCHEDULE, REPROCESS_QUEUE
 from worker.settings import Settings, get_settings
+from worker.wire import use_orjson_for_json
 
 
 def _tls_options(url: str) -> dict[str, Any] | None:
@@ -76,5 +77,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+use_orjson_for_json()
 app = Celery("tunix_ingest", include=["worker.tasks"])
 app.add_defaults(lambda: celery_config(get_settings()))

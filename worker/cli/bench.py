@@ -46,7 +46,7 @@ def _measure(trace_count: int, batch_size: int, processes: int, pool: str, work_
     nodes = start_workers(work_dir / "logs", processes, pool)
     try:
         figures["rss_start_mib"] = rss_mib(nodes)
-        figures["drain_seconds"] = asyncio.run(wait_until_published(dsn, len(batches), timeout=3600))
+        figures["drain_seconds"] = asyncio.run(asyncio.wait_for(wait_until_published(dsn, len(batches)), 3600))
         figures["drain_rate"] = trace_count / figures["drain_seconds"]
         latency_batches = _chunks(list(generate_traces(20_000, seed=8, padding=BENCH_PADDING)), 100)[:200]
         figures["latency_ms"] = latency_ms(
