@@ -30,7 +30,9 @@ def _chunks(traces: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]
     return [traces[start : start + size] for start in range(0, len(traces), size)]
 
 
-def _measure(trace_count: int, batch_size: int, processes: int, pool: str, work_dir: Path) -> dict[str, Any]:
+def _measure(
+    trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, work_dir: Path
+) -> dict[str, Any]:
     settings = get_settings()
     dsn = settings.database_url.get_secret_value().replace("+asyncpg", "")
     traces = list(generate_traces(trace_count, seed=7, padding=BENCH_PADDING))
@@ -48,9 +50,9 @@ def _measure(trace_count: int, batch_size: int, processes: int, pool: str, work_
         figures["rss_start_mib"] = rss_mib(nodes)
         figures["drain_seconds"] = asyncio.run(asyncio.wait_for(wait_until_published(dsn, len(batches)), 3600))
         figures["drain_rate"] = trace_count / figures["drain_seconds"]
-        latency_batches = _chunks(list(generate_traces(20_000, seed=8, padding=BENCH_PADDING)), 100)[:200]
+        paced = _chunks(list(generate_traces(100 * latency_batches, seed=8, padding=BENCH_PADDING)), 100)
         figures["latency_ms"] = latency_ms(
-            latency_batches,
+            paced,
             figures["drain_rate"] / 2,
             settings.redis_url.get_secret_value(),
             settings.ingest_events_stream,
@@ -96,8 +98,15 @@ def _table(f: dict[str, Any]) -> str:
     show_default=True,
     help="prefork: one node with N children; solo: N single-process nodes.",
 )
+@click.option(
+    "--latency-batches",
+    type=click.IntRange(10),
+    default=200,
+    show_default=True,
+    help="100-trace batches paced at half the drain rate for the latency figures.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def bench(trace_count: int, batch_size: int, processes: int, pool: str, as_json: bool) -> None:
+def bench(trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, as_json: bool) -> None:
     """Measure drain rate against the raw COPY ceiling, enqueue rate, latency and worker RSS.
 
     Runs on its own throwaway PostgreSQL and Redis (fsync off for both paths alike) and removes them after.
@@ -115,7 +124,7 @@ def bench(trace_count: int, batch_size: int, processes: int, pool: str, as_json:
         app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
         upgrade_to_head(postgres.url)
         started = time.perf_counter()
-        figures = _measure(trace_count, batch_size, processes, pool, work_dir)
+        figures = _measure(trace_count, batch_size, processes, pool, latency_batches, work_dir)
         figures["bench_seconds"] = time.perf_counter() - started
     finally:
         redis_server.remove()

@@ -1,0 +1,34 @@
+"""A small run of `tunix-ingest bench`: it must complete and report every figure (not a speed test)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.test_cli import cli
+
+
+def test_bench_reports_every_figure_as_json() -> None:
+    done = cli("bench", "--traces", "2000", "--batch-size", "500", "--latency-batches", "10", "--json", timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    for rate in ("drain_rate", "copy_rate", "enqueue_rate"):
+        assert figures[rate] > 0
+    assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
+    assert figures["latency_ms"]["batches"] == 10
+    assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
+    assert figures["rss_start_mib"] > 0 and figures["rss_end_mib"] > 0
+    assert figures["traces"] == 2000 and figures["processes"] == 2
+
+
+def test_bench_prints_a_table_for_people() -> None:
+    done = cli("bench", "--traces", "1000", "--processes", "1", "--pool", "prefork", "--latency-batches", "10")
+    assert done.returncode == 0, done.stderr
+    for label in (
+        "drain rate",
+        "raw COPY ceiling (1 connections)",
+        "drain / COPY ratio",
+        "enqueue rate",
+        "p99",
+        "worker RSS",
+    ):
+        assert label in done.stdout
