@@ -8,20 +8,15 @@ from typing import Any
 #: Queue of scheduled and operator jobs, kept apart so they never wait behind a backlog of batches.
 REPROCESS_QUEUE = "reprocess"
 
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "publish-unpublished-batches": {
-        "task": "reprocess.sweep",
-        "schedule": 30.0,
-        "options": {"queue": REPROCESS_QUEUE, "expires": 25},
-    },
-    "redrive-failed-batches": {
-        "task": "reprocess.redrive",
-        "schedule": 300.0,
-        "options": {"queue": REPROCESS_QUEUE, "expires": 240},
-    },
-    "refresh-derived-fields": {
-        "task": "reprocess.refresh_derived",
-        "schedule": 600.0,
-        "options": {"queue": REPROCESS_QUEUE, "expires": 540},
-    },
-}
+
+def beat_schedule(sweep_s: float, redrive_s: float, refresh_s: float) -> dict[str, dict[str, Any]]:
+    """Each entry expires shortly before its next run, so a backlog never piles up copies of the same job."""
+
+    def entry(task: str, every: float) -> dict[str, Any]:
+        return {"task": task, "schedule": every, "options": {"queue": REPROCESS_QUEUE, "expires": every * 0.9}}
+
+    return {
+        "publish-unpublished-batches": entry("reprocess.sweep", sweep_s),
+        "redrive-failed-batches": entry("reprocess.redrive", redrive_s),
+        "refresh-derived-fields": entry("reprocess.refresh_derived", refresh_s),
+    }

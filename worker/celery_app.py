@@ -7,7 +7,8 @@ from typing import Any
 
 from celery import Celery
 
-from worker.beat import BEAT_SCHEDULE, REPROCESS_QUEUE
+from worker.beat import REPROCESS_QUEUE, beat_schedule
+from worker.flower_guard import install as install_flower_guard
 from worker.settings import Settings, get_settings
 from worker.wire import use_orjson_for_json
 
@@ -70,7 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": False,
         "worker_send_task_events": True,
         "beat_scheduler": "redbeat.RedBeatScheduler",
-        "beat_schedule": BEAT_SCHEDULE,
+        "beat_schedule": beat_schedule(
+            settings.sweep_interval_s, settings.redrive_interval_s, settings.refresh_interval_s
+        ),
         "redbeat_redis_url": redis_url,
         "redbeat_lock_timeout": 30,
         "beat_max_loop_interval": 5,
@@ -78,5 +81,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 use_orjson_for_json()
+install_flower_guard()
 app = Celery("tunix_ingest", include=["worker.tasks"])
 app.add_defaults(lambda: celery_config(get_settings()))

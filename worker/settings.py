@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     max_redrives: int = Field(3, ge=0)
     #: The outbox sweep leaves batches younger than this alone: their own worker is most likely publishing them.
     sweep_grace_s: int = Field(30, ge=0)
+    #: How often beat schedules the outbox sweep, the re-drive of failed batches and the derived-field refresh.
+    sweep_interval_s: float = Field(30, gt=0)
+    redrive_interval_s: float = Field(300, gt=0)
+    refresh_interval_s: float = Field(600, gt=0)
     result_expires_s: int = Field(6 * 3600, ge=60)
     worker_max_tasks_per_child: int = Field(1000, ge=1)
     worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)

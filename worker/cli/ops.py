@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import click
 
@@ -36,3 +37,19 @@ def stats(as_json: bool) -> None:
                 click.echo(f"{name + '.' + key:>28}  {count}")
         else:
             click.echo(f"{name:>28}  {value if value is not None else '-'}")
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+def metrics(port: int, address: str) -> None:
+    """Serve ingest metrics for Prometheus at http://ADDRESS:PORT/metrics until interrupted."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from worker.metrics import IngestCollector
+
+    REGISTRY.register(IngestCollector())
+    start_http_server(port, addr=address)
+    click.echo(f"serving ingest metrics on http://{address}:{port}/metrics")
+    while True:
+        time.sleep(3600)
