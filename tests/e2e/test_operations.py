@@ -271,7 +271,7 @@ def test_scheduled_jobs_redrive_failed_batches_and_refresh_derived_fields(
         database_url,  # a batch parked as failed while the database was away
         "INSERT INTO batch (id, source, state, trace_count, content_hash, attempts, raw_payload) "
         "VALUES (:id, 'redrive', 'failed', 8, :hash, 12, :payload)",
-        id=uuid.UUID(message["batch_id"]),
+        id=batch_id,
         hash=content_hash,
         payload=json.dumps(message),
     )
