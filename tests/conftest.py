@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -15,35 +17,34 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 import worker.tasks  # noqa: F401  register the tasks before any fixture app exists
 from worker.local_stack import PostgresServer, RedisServer
 from worker.migrate import upgrade_to_head
-from worker.settings import get_settings
+from worker.settings import environment
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer | None]:
-    if os.environ.get("TEST_DATABASE_URL"):
+@contextmanager
+def _throwaway(server: PostgresServer | RedisServer, external_url_variable: str) -> Iterator[Any]:
+    """Start `server` for the session unless the environment names an external one (then yield None)."""
+    if os.environ.get(external_url_variable):
         yield None
         return
-    server = PostgresServer(Path(tempfile.mkdtemp(prefix="tunix-test-pg-")))
     server.start()
     try:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | None]:
+    with _throwaway(PostgresServer(Path(tempfile.mkdtemp(prefix="tunix-test-pg-"))), "TEST_DATABASE_URL") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer | None]:
-    if os.environ.get("TEST_REDIS_URL"):
-        yield None
-        return
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="tunix-test-redis-")))
-    server.start()
-    try:
+    with _throwaway(RedisServer(Path(tempfile.mkdtemp(prefix="tunix-test-redis-"))), "TEST_REDIS_URL") as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(scope="session")
@@ -61,17 +62,8 @@ def redis_url(redis_server: RedisServer | None) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def service_environment(database_url: str, redis_url: str) -> Iterator[None]:
     """Point the settings (and every subprocess the tests start) at the test servers."""
-    saved = {key: os.environ.get(key) for key in ("DATABASE_URL", "REDIS_URL")}
-    os.environ["DATABASE_URL"] = database_url
-    os.environ["REDIS_URL"] = redis_url
-    get_settings.cache_clear()
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
+    with environment(DATABASE_URL=database_url, REDIS_URL=redis_url):
+        yield
 
 
 @pytest.fixture(autouse=True)

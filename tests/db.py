@@ -28,3 +28,14 @@ def scalar(database_url: str, sql: str, **params: Any) -> Any:
 
 def published_batches(database_url: str) -> int:
     return int(scalar(database_url, "SELECT count(*) FROM batch WHERE published_at IS NOT NULL"))
+
+
+def as_received(row: Any) -> dict[str, Any]:
+    """A stored trace row as the trace a producer sent (for lossless round-trip checks)."""
+    return {
+        "trace_version": row.trace_version,
+        "prompt": row.prompt,
+        "final_answer": row.final_answer,
+        "steps": row.steps,
+        "meta": row.meta,
+    }

@@ -7,7 +7,10 @@ on first use (keyed by PID, so nothing inherited across a fork is ever reused). 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import os
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -81,6 +84,24 @@ def stop_runtime() -> None:
     if _current is not None and _current.pid == os.getpid():
         _current.close()
     _current = None
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
+#: Tasks between heap trims: trimming after every batch costs ~10 % throughput (the next batch faults its
+#: pages back in); every 8th keeps RSS flat for about 1 %.
+TRIM_EVERY_TASKS = 8
+_tasks_since_trim = 0
+
+
+@signals.task_postrun.connect
+def _return_freed_memory(**_: object) -> None:
+    """A batch decodes into tens of MB of short-lived objects that glibc keeps after they are freed; hand them
+    back to the OS now and then so a long-running worker's RSS stays near its idle size (glibc only)."""
+    global _tasks_since_trim
+    _tasks_since_trim += 1
+    if _LIBC is not None and _tasks_since_trim >= TRIM_EVERY_TASKS:
+        _LIBC.malloc_trim(0)
+        _tasks_since_trim = 0
 
 
 @signals.worker_process_init.connect

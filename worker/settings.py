@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 from pydantic import Field, SecretStr
@@ -67,3 +70,20 @@ _CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@
 def redact(text: str) -> str:
     """`text` with the password of every URL in it replaced by `***`, for logs and error messages."""
     return _CREDENTIALS_IN_URL.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables (inherited by child processes) and the settings read from them, for a while."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()

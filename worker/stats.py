@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from redis import Redis
 
 from services.reports import StoreTotals, store_totals
-from worker.cli.common import with_session
+from worker.oneshot import with_session
 from worker.settings import get_settings
 
 

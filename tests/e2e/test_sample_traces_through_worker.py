@@ -8,7 +8,7 @@ from typing import Any
 from celery.result import AsyncResult
 
 from tests.conftest import SAMPLE_DATA
-from tests.db import published_batches, query
+from tests.db import as_received, published_batches, query
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import events_by_batch, stream_events
@@ -42,13 +42,7 @@ def test_all_550_sample_traces_are_stored_once_equal_and_announced_once(
     for receipt, batch in zip(receipts, batches, strict=True):
         for position, trace in enumerate(batch):
             row = stored[(receipt.batch_id, position)]
-            assert {
-                "trace_version": row.trace_version,
-                "prompt": row.prompt,
-                "final_answer": row.final_answer,
-                "steps": row.steps,
-                "meta": row.meta,
-            } == trace
+            assert as_received(row) == trace
     by_batch = events_by_batch(redis_url)
     assert sorted(by_batch) == sorted(str(receipt.batch_id) for receipt in receipts)
     for receipt in receipts:

@@ -19,6 +19,7 @@ from models.tables import Batch, Trace
 from services.errors import BatchConflict
 from services.ingest import BatchIn, ingest_batch
 from services.validation import validate_traces
+from tests.db import as_received
 from tests.streams import STREAM, stream_events
 from worker.events import RedisStreamPublisher
 from worker.local_stack import free_port
@@ -57,13 +58,7 @@ async def test_batch_is_stored_whole_and_announced_with_its_row_ids(
         stored_batch = await session.get(Batch, batch.batch_id)
     assert [row.id for row in rows] == [t.id for t in result.traces]
     for row, trace in zip(rows, traces, strict=True):
-        assert {
-            "trace_version": row.trace_version,
-            "prompt": row.prompt,
-            "final_answer": row.final_answer,
-            "steps": row.steps,
-            "meta": row.meta,
-        } == trace
+        assert as_received(row) == trace
         assert (row.step_count, row.total_chars, row.content_hash) == tuple(derive(trace))
     assert stored_batch is not None and stored_batch.published_at is not None
     events = stream_events(redis_url)

@@ -14,9 +14,10 @@ from services.errors import BatchRejected
 from services.reports import get_batch_status
 from services.reprocess import find_failed_batches, redrive_batch
 from worker.celery_app import app
-from worker.cli.common import ExpectedFailure, expected_failures, json_ready, with_session
+from worker.cli.common import ExpectedFailure, expected_failures, json_ready
 from worker.enqueue import BatchReceipt, enqueue_batch, resend_message_async
 from worker.jsonl import JsonlLine, read_jsonl
+from worker.oneshot import with_session
 from worker.settings import get_settings
 
 

@@ -20,7 +20,7 @@ from worker.celery_app import app
 from worker.local_stack import PostgresServer, RedisServer
 from worker.migrate import upgrade_to_head
 from worker.sample_traces import generate_traces
-from worker.settings import get_settings
+from worker.settings import environment, get_settings
 
 #: Words of filler per generated trace: about 2.8 KB of JSON, the size the performance targets assume.
 BENCH_PADDING = 170
@@ -113,27 +113,19 @@ def bench(trace_count: int, batch_size: int, processes: int, pool: str, latency_
     """
     work_dir = Path(tempfile.mkdtemp(prefix="tunix-bench-"))
     postgres, redis_server = PostgresServer(work_dir / "postgres"), RedisServer(work_dir / "redis", appendonly=False)
-    saved = {key: os.environ.get(key) for key in ("DATABASE_URL", "REDIS_URL")}
     try:
         postgres.start()
         redis_server.start()
-        os.environ.update(
+        with environment(
             DATABASE_URL=postgres.url, REDIS_URL=redis_server.url, INGEST_MAX_QUEUE_DEPTH=str(trace_count)
-        )
-        get_settings.cache_clear()
-        app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
-        upgrade_to_head(postgres.url)
-        started = time.perf_counter()
-        figures = _measure(trace_count, batch_size, processes, pool, latency_batches, work_dir)
-        figures["bench_seconds"] = time.perf_counter() - started
+        ):
+            app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+            upgrade_to_head(postgres.url)
+            started = time.perf_counter()
+            figures = _measure(trace_count, batch_size, processes, pool, latency_batches, work_dir)
+            figures["bench_seconds"] = time.perf_counter() - started
     finally:
         redis_server.remove()
         postgres.remove()
         shutil.rmtree(work_dir, ignore_errors=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
     click.echo(json.dumps(figures) if as_json else _table(figures))

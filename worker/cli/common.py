@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from services.errors import IngestError
-from worker.settings import get_settings, redact
+from worker.settings import redact
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,20 +35,6 @@ def expected_failures(command: Callable[P, T]) -> Callable[P, T]:
             raise ExpectedFailure(redact(f"Redis unreachable: {type(error).__name__}: {error}")) from None
 
     return wrapper
-
-
-def with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run `work` with one session on a short-lived engine: a CLI command is one unit of work."""
-
-    async def run() -> T:
-        engine = create_async_engine(get_settings().database_url.get_secret_value(), pool_size=1)
-        try:
-            async with async_sessionmaker(engine, expire_on_commit=False)() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def json_ready(value: Any) -> Any:
