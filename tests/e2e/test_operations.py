@@ -59,9 +59,6 @@ def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth_and_renders_in_
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_get(f"{base}/healthcheck")[0] == 200, timeout=30, what="Flower to answer")
-        receipt = enqueue_batch(list(generate_traces(5)), source="flower-test")
-        AsyncResult(receipt.task_id, app=app).get(timeout=60)
-
         assert http_get(f"{base}/api/workers")[0] == 401
         assert http_get(f"{base}/api/workers", auth="ops:wrong")[0] == 401
         workers = wait_for(
@@ -71,12 +68,15 @@ def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth_and_renders_in_
         )
         assert any(name.startswith("e2e@") for name in workers)
 
-        def ingest_tasks() -> list[dict[str, Any]]:
+        def ingest_task_seen() -> list[dict[str, Any]]:
+            # Flower only sees events sent after its event receiver connected: run a batch until one shows up.
+            receipt = enqueue_batch(list(generate_traces(5)), source="flower-test")
+            AsyncResult(receipt.task_id, app=app).get(timeout=60)
             tasks = json.loads(http_get(f"{base}/api/tasks", auth)[1] or "{}")
-            return [task for task in tasks.values() if task.get("name") == "ingest.batch"]
+            return [t for t in tasks.values() if t.get("name") == "ingest.batch" and t.get("state") == "SUCCESS"]
 
-        (task,) = wait_for(ingest_tasks, timeout=30, what="Flower to list the ingest task")
-        assert task["state"] == "SUCCESS" and task["worker"].startswith("e2e@")
+        task = wait_for(ingest_task_seen, timeout=60, interval=1, what="Flower to list a succeeded ingest task")[0]
+        assert task["worker"].startswith("e2e@")
 
         browser = [
             "chromium",
