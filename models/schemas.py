@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, NamedTuple, NotRequired
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_serializer
 from typing_extensions import TypedDict
 
 #: Serialized size cap of a trace's `meta` (PRODUCT.md §3).
@@ -153,12 +153,15 @@ class BatchMessage(BaseModel):
     enqueued_at: datetime | None = None
 
 
-class StoredTrace(BaseModel):
-    """What a consumer needs to find one stored row (PRODUCT.md §6)."""
+class StoredTrace(NamedTuple):
+    """What a consumer needs to find one stored row (PRODUCT.md §6). A tuple: a batch reads back 1,000 of them."""
 
     id: int
     position: int
     created_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "position": self.position, "created_at": self.created_at.isoformat()}
 
 
 class IngestResult(BaseModel):
@@ -172,3 +175,7 @@ class IngestResult(BaseModel):
     published: bool = False
     traces: list[StoredTrace] = Field(default_factory=list)
     errors: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_serializer("traces")
+    def _traces_as_objects(self, traces: list[StoredTrace]) -> list[dict[str, Any]]:
+        return [trace.as_json() for trace in traces]

@@ -26,10 +26,7 @@ class Publisher(Protocol):
 
 def event_fields(result: IngestResult) -> dict[str, str]:
     """The stream entry of one batch: ids of its stored rows in position order, for consumers to load."""
-    traces = [
-        {"id": trace.id, "position": trace.position, "created_at": trace.created_at.isoformat()}
-        for trace in result.traces
-    ]
+    traces = [trace.as_json() for trace in result.traces]
     return {
         "batch_id": str(result.batch_id),
         "source": result.source,

@@ -53,7 +53,7 @@ async def publish_unpublished_batches(
     )
     traces: dict[UUID, list[StoredTrace]] = {batch.id: [] for batch in batches}
     for row in rows:
-        traces[row.batch_id].append(StoredTrace(id=row.id, position=row.position, created_at=row.created_at))
+        traces[row.batch_id].append(StoredTrace(row.id, row.position, row.created_at))
     published = 0
     for batch in batches:
         result = IngestResult(
