@@ -15,7 +15,10 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    url = context.config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
+    config = context.config
+    # `alembic` on the command line reads pyproject.toml and has no ini file; `tunix-ingest migrate` passes the URL.
+    has_ini = config.config_file_name is None or os.path.exists(config.config_file_name)
+    url = (config.get_main_option("sqlalchemy.url") if has_ini else None) or os.environ.get("DATABASE_URL")
     if not url:
         raise RuntimeError("set DATABASE_URL (postgresql+asyncpg://...) before migrating")
     return url
