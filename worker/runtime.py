@@ -78,6 +78,14 @@ def current_runtime() -> Runtime:
     return _current
 
 
+def abandon_runtime() -> None:
+    """Forget this process's runtime without touching it: after a soft time limit interrupted a coroutine
+    mid-flight, its loop still holds that half-run task, which must never be resumed by the next batch.
+    The next task starts a fresh loop and engine; the old connections close when the process recycles."""
+    global _current
+    _current = None
+
+
 def stop_runtime() -> None:
     """Dispose this process's engine and Redis client; the next `current_runtime()` starts afresh."""
     global _current

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from redis.asyncio import Redis
 
@@ -21,7 +22,7 @@ from services.reprocess import (
 )
 from worker.celery_app import app
 from worker.enqueue import resend_message_async
-from worker.runtime import Runtime, current_runtime
+from worker.runtime import Runtime, abandon_runtime, current_runtime
 from worker.settings import redact
 from worker.transient import is_transient
 
@@ -75,6 +76,9 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
     try:
         result = runtime.run(_deliver(runtime, message))
     except Exception as error:  # the edge decides: retry, or park so that acking never loses the batch
+        if isinstance(error, SoftTimeLimitExceeded):
+            abandon_runtime()
+            runtime = current_runtime()
         reason = redact(f"{type(error).__name__}: {error}")
         if is_transient(error) and self.request.retries < settings.max_retries:
             countdown = get_exponential_backoff_interval(1, self.request.retries, settings.retry_backoff_max_s, True)

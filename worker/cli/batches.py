@@ -75,8 +75,8 @@ def enqueue(file: BinaryIO, source: str, batch_size: int, wait: bool, timeout: f
     if wait:
         stored = rejected = 0
         for receipt in receipts:
-            result: dict[str, Any] = AsyncResult(receipt.task_id, app=app).get(timeout=timeout)
-            if result["state"] == "ingested":
+            result: Any = AsyncResult(receipt.task_id, app=app).get(timeout=timeout, propagate=False)
+            if isinstance(result, dict) and result["state"] == "ingested":
                 stored += result["count"]
             else:
                 rejected += receipt.trace_count

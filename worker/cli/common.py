@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from celery.exceptions import TimeoutError as CeleryTimeout
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
@@ -33,6 +34,8 @@ def expected_failures(command: Callable[P, T]) -> Callable[P, T]:
             raise ExpectedFailure(redact(f"database unreachable or failing: {type(error).__name__}: {error}")) from None
         except RedisError as error:
             raise ExpectedFailure(redact(f"Redis unreachable: {type(error).__name__}: {error}")) from None
+        except CeleryTimeout as error:
+            raise ExpectedFailure(f"gave up waiting for results: {error}") from None
 
     return wrapper
 
