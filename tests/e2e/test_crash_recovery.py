@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+import redis
 
 from tests.db import published_batches, scalar
 from tests.e2e.conftest import FAST_RECOVERY, StartWorker
@@ -23,6 +24,12 @@ def enqueue_backlog(traces: int, batch_size: int) -> list[str]:
         str(enqueue_batch(generated[start : start + batch_size], source="crash-test").batch_id)
         for start in range(0, traces, batch_size)
     ]
+
+
+def nothing_in_flight(redis_url: str) -> bool:
+    """No batch waiting in the queue and none delivered but unacknowledged (kombu's `unacked` hash)."""
+    client = redis.Redis.from_url(redis_url)
+    return client.llen("ingest") == 0 and client.hlen("unacked") == 0
 
 
 def assert_stored_exactly_once(database_url: str, redis_url: str, batch_ids: list[str], traces: int) -> None:
@@ -49,7 +56,7 @@ def test_sigkill_of_pool_children_and_of_the_whole_worker_loses_and_duplicates_n
 
     start_worker("rescuer", env=FAST_RECOVERY)
     wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="every batch stored")
-    time.sleep(1)  # let any late redelivery run: it must add nothing
+    wait_for(lambda: nothing_in_flight(redis_url), timeout=60, what="redeliveries to finish")  # they add nothing
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 20_000)
     assert "exited with 'signal 9 (SIGKILL)'" in worker.log()
 
