@@ -23,7 +23,7 @@ from tests.e2e.conftest import StartWorker
 from tests.polling import wait_for
 from tests.streams import events_by_batch, stream_events
 from worker import app, enqueue_batch
-from worker.local_stack import RedisServer
+from worker.local_stack import RedisServer, free_port
 from worker.sample_traces import generate_traces
 
 
@@ -156,3 +156,113 @@ def test_no_credential_appears_in_logs_or_errors_with_a_password_protected_redis
 def _cli(arguments: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-c", "from worker.cli import main; main()", *arguments]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _tls_files(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    files = {name: directory / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")}
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in (
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            files["ca.key"],
+            "-out",
+            files["ca.crt"],
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tunix-test-ca",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            files["server.key"],
+            "-out",
+            files["server.csr"],
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            files["server.csr"],
+            "-CA",
+            files["ca.crt"],
+            "-CAkey",
+            files["ca.key"],
+            "-CAcreateserial",
+            "-out",
+            files["server.crt"],
+            "-days",
+            "1",
+            "-extfile",
+            directory / "san.cnf",
+        ],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return files
+
+
+def test_rediss_with_a_private_ca_carries_batches_end_to_end(
+    start_worker: StartWorker, database_url: str, tmp_path: Path
+) -> None:
+    files = _tls_files(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--tls-cert-file",
+            str(files["server.crt"]),
+            "--tls-key-file",
+            str(files["server.key"]),
+            "--tls-ca-cert-file",
+            str(files["ca.crt"]),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "tls-pw",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"rediss://:tls-pw@127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={files['ca.crt']}"
+    try:
+        wait_for(lambda: _pings(url), timeout=15, what="the TLS Redis")
+        env = {"REDIS_URL": url, "DATABASE_URL": database_url}
+        start_worker("tls", env=env)
+        traces = tmp_path / "traces.jsonl"
+        traces.write_text("\n".join(json.dumps(t) for t in generate_traces(30)))
+        done = _cli(["enqueue", str(traces), "--wait"], {**os.environ, **env})
+        plain = _cli(["stats"], {**os.environ, **env, "REDIS_URL": url.replace("rediss://", "redis://")})
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert done.returncode == 0, done.stderr
+    assert "stored 30 traces" in done.stdout
+    assert scalar(database_url, "SELECT count(*) FROM trace") == 30
+    assert plain.returncode == 1 and "tls-pw" not in plain.stderr  # plaintext is refused, in one line
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
