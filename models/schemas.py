@@ -35,44 +35,54 @@ def _storable(text: str) -> str:
     return text
 
 
-def _meta_problem(value: Any, depth: int, path: str) -> str | None:
+def _meta_problem(value: Any, depth: int, check_text: bool) -> tuple[str, str] | None:
+    """(where below `value`, what) of the first problem, or None. Paths are built only when something is wrong."""
     if depth > META_MAX_DEPTH:
-        return f"nesting is deeper than {META_MAX_DEPTH} levels at {path}"
+        return "", f"nesting is deeper than {META_MAX_DEPTH} levels"
     if isinstance(value, str):
-        problem = storable_text_problem(value)
-        return f"{path} {problem}" if problem else None
+        problem = storable_text_problem(value) if check_text else None
+        return ("", problem) if problem else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return None if -(2**63) <= value < 2**63 else f"{path} is an integer outside the 64-bit range"
+        return None if -(2**63) <= value < 2**63 else ("", "is an integer outside the 64-bit range")
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path} is {value}, which JSON cannot represent"
+        return None if math.isfinite(value) else ("", f"is {value}, which JSON cannot represent")
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                return f"{path} has a non-string key {key!r}"
-            if problem := storable_text_problem(key):
-                return f"key {key!r} of {path} {problem}"
-            if problem := _meta_problem(item, depth + 1, f"{path}.{key}"):
-                return problem
+                return "", f"has a non-string key {key!r}"
+            if check_text and (problem := storable_text_problem(key)):
+                return "", f"has a key {key!r} that {problem}"
+            if found := _meta_problem(item, depth + 1, check_text):
+                return f".{key}{found[0]}", found[1]
         return None
     if isinstance(value, list):
         for index, item in enumerate(value):
-            if problem := _meta_problem(item, depth + 1, f"{path}[{index}]"):
-                return problem
+            if found := _meta_problem(item, depth + 1, check_text):
+                return f"[{index}]{found[0]}", found[1]
         return None
-    return f"{path} holds a {type(value).__name__}, which is not a JSON value"
+    return "", f"holds a {type(value).__name__}, which is not a JSON value"
 
 
-def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+def _check_meta(meta: dict[str, Any] | None, check_text: bool) -> dict[str, Any] | None:
     if meta is None:
         return None
-    if problem := _meta_problem(meta, 1, "meta"):
-        raise ValueError(problem)
+    if found := _meta_problem(meta, 1, check_text):
+        raise ValueError(f"meta{found[0]} {found[1]}")
     size = len(orjson.dumps(meta))
     if size > META_MAX_BYTES:
         raise ValueError(f"serialized size {size} bytes exceeds maximum of {META_MAX_BYTES}")
     return meta
+
+
+def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    return _check_meta(meta, check_text=True)
+
+
+def _valid_meta_shape(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`_valid_meta` minus the text checks, which the batch-wide storability check already covers."""
+    return _check_meta(meta, check_text=False)
 
 
 def unique_step_indices(steps: list[Any]) -> list[Any]:
@@ -98,6 +108,7 @@ StorableStepText = Annotated[StepText, AfterValidator(_storable)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
 StepIndex = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Meta = Annotated[dict[str, Any] | None, AfterValidator(_valid_meta)]
+MetaShape = Annotated[dict[str, Any] | None, AfterValidator(_valid_meta_shape)]
 
 
 class StepIn(BaseModel):
@@ -139,7 +150,7 @@ class TraceFields(TypedDict):
     prompt: Long
     final_answer: Long
     steps: Annotated[list[StepFields], Field(min_length=1, max_length=1000), AfterValidator(unique_step_indices)]
-    meta: NotRequired[Meta]
+    meta: NotRequired[MetaShape]
 
 
 class BatchMessage(BaseModel):

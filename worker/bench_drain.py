@@ -56,6 +56,16 @@ async def wait_until_published(dsn: str, batches: int) -> float:
     return time.perf_counter() - started
 
 
+async def settle_database(dsn: str) -> None:
+    """VACUUM ANALYZE after the bulk drain, so the latency phase does not race autovacuum over 100k fresh rows
+    (a one-off of the bench's bulk load, not of steady-state ingest)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("VACUUM ANALYZE batch, trace")
+    finally:
+        await connection.close()
+
+
 def enqueue_rate(batches: list[list[dict[str, Any]]], source: str) -> float:
     """Traces per second one producer enqueues, validation included."""
     started = time.perf_counter()
