@@ -35,10 +35,13 @@ def _storable(text: str) -> str:
     return text
 
 
+_TOO_DEEP = f"nesting is deeper than {META_MAX_DEPTH} levels"
+
+
 def _meta_problem(value: Any, depth: int, check_text: bool) -> tuple[str, str] | None:
     """(where below `value`, what) of the first problem, or None. Paths are built only when something is wrong."""
     if depth > META_MAX_DEPTH:
-        return "", f"nesting is deeper than {META_MAX_DEPTH} levels"
+        return "", _TOO_DEEP
     if isinstance(value, str):
         problem = storable_text_problem(value) if check_text else None
         return ("", problem) if problem else None
@@ -69,7 +72,8 @@ def _check_meta(meta: dict[str, Any] | None, check_text: bool) -> dict[str, Any]
     if meta is None:
         return None
     if found := _meta_problem(meta, 1, check_text):
-        raise ValueError(f"meta{found[0]} {found[1]}")
+        where, what = found
+        raise ValueError(f"{what} at meta{where}" if what == _TOO_DEEP else f"meta{where} {what}")
     size = len(orjson.dumps(meta))
     if size > META_MAX_BYTES:
         raise ValueError(f"serialized size {size} bytes exceeds maximum of {META_MAX_BYTES}")
