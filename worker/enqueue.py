@@ -29,8 +29,14 @@ class BatchReceipt(NamedTuple):
 
 
 @lru_cache
-def _redis(url: str) -> Redis:
+def redis_client(url: str) -> Redis:
+    """One Redis client (and connection pool) per URL per process, for producers and operator commands."""
     return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+
+
+def delivery_counter_key(message: dict[str, Any]) -> str:
+    """Where workers count a batch's deliveries (brokers do not count redeliveries after a crash)."""
+    return f"ingest:deliveries:{message.get('batch_id')}"
 
 
 def batch_key(batch_id: UUID) -> str:
@@ -48,7 +54,7 @@ def _check_source(source: str) -> None:
 def queue_depth() -> int:
     """Batches waiting in the ingest queue (one LLEN: cheap enough to ask before every enqueue)."""
     settings = get_settings()
-    return int(_redis(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))
+    return int(redis_client(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))
 
 
 def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
@@ -64,9 +70,9 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
         list(traces), max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes
     )
     batch_id = batch_id or uuid4()
-    redis = _redis(settings.redis_url.get_secret_value())
+    redis = redis_client(settings.redis_url.get_secret_value())
     try:
-        depth = int(redis.llen(settings.ingest_queue))
+        depth = queue_depth()
         if depth >= settings.ingest_max_queue_depth:
             raise QueueFull(
                 depth,
@@ -105,7 +111,7 @@ async def enqueue_batch_async(traces: Sequence[object], *, source: str, batch_id
 def resend_message(message: dict[str, Any]) -> None:
     """Put a stored raw message back on the ingest queue (re-drive); its delivery count starts afresh."""
     settings = get_settings()
-    _redis(settings.redis_url.get_secret_value()).delete(f"ingest:deliveries:{message.get('batch_id')}")
+    redis_client(settings.redis_url.get_secret_value()).delete(delivery_counter_key(message))
     app.send_task("ingest.batch", kwargs=message, queue=settings.ingest_queue)
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from redis import Redis
 
 from services.reports import StoreTotals, store_totals
+from worker.enqueue import queue_depth, redis_client
 from worker.oneshot import with_session
 from worker.settings import get_settings
 
@@ -39,10 +40,5 @@ def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
 def collect_stats() -> IngestStats:
     settings = get_settings()
     totals: StoreTotals = with_session(store_totals)
-    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=3)
-    try:
-        depth = int(redis.llen(settings.ingest_queue))
-        age = oldest_waiting_age(redis, settings.ingest_queue)
-    finally:
-        redis.close()
-    return IngestStats(**totals.model_dump(), queue_depth=depth, oldest_waiting_age_s=age)
+    age = oldest_waiting_age(redis_client(settings.redis_url.get_secret_value()), settings.ingest_queue)
+    return IngestStats(**totals.model_dump(), queue_depth=queue_depth(), oldest_waiting_age_s=age)

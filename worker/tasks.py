@@ -21,7 +21,7 @@ from services.reprocess import (
     refresh_stale_derived_chunk,
 )
 from worker.celery_app import app
-from worker.enqueue import resend_message_async
+from worker.enqueue import delivery_counter_key, resend_message_async
 from worker.runtime import Runtime, abandon_runtime, current_runtime
 from worker.settings import redact
 from worker.transient import is_transient
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 DELIVERY_COUNTER_TTL_S = 24 * 3600
 #: Rows per derived-field refresh task: one transaction and a few MB of memory each.
 REFRESH_CHUNK_SIZE = 2000
-
-
-def delivery_counter_key(message: dict[str, Any]) -> str:
-    return f"ingest:deliveries:{message.get('batch_id')}"
 
 
 async def _count_delivery(redis: Redis, message: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ import redis
 
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull
 from worker import enqueue_batch, enqueue_batch_async
-from worker.enqueue import _redis, queue_depth
+from worker.enqueue import queue_depth, redis_client
 from worker.local_stack import free_port
 from worker.sample_traces import generate_traces
 from worker.settings import get_settings
@@ -75,7 +75,7 @@ def test_unreachable_redis_raises_enqueue_failed_without_the_password(settings_e
     with pytest.raises(EnqueueFailed) as failed:
         enqueue_batch(list(generate_traces(1)), source="p")
     assert "hunter2" not in str(failed.value)
-    _redis.cache_clear()
+    redis_client.cache_clear()
 
 
 async def test_async_producers_get_the_same_receipt(redis_url: str) -> None:
