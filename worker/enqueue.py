@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
+from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis import Redis
 from redis.exceptions import RedisError
@@ -101,6 +102,18 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
     except (RedisError, KombuOperationalError, OSError) as error:
         raise EnqueueFailed(redact(f"Redis did not accept the batch: {type(error).__name__}: {error}")) from None
     return BatchReceipt(batch_id, task.id, len(valid.traces))
+
+
+def wait_for_outcomes(receipts: Sequence[BatchReceipt], *, timeout: float) -> tuple[int, int]:
+    """Wait for each batch's task; (traces stored, traces not stored: rejected, failed or in conflict)."""
+    stored = not_stored = 0
+    for receipt in receipts:
+        result: Any = AsyncResult(receipt.task_id, app=app).get(timeout=timeout, propagate=False)
+        if isinstance(result, dict) and result["state"] == "ingested":
+            stored += result["count"]
+        else:
+            not_stored += receipt.trace_count
+    return stored, not_stored
 
 
 async def enqueue_batch_async(traces: Sequence[object], *, source: str, batch_id: UUID | None = None) -> BatchReceipt:

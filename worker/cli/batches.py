@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from uuid import UUID
 
 import click
-from celery.result import AsyncResult
 
 from services.errors import BatchRejected
 from services.reports import get_batch_status
 from services.reprocess import find_failed_batches, redrive_batch
-from worker.celery_app import app
 from worker.cli.common import ExpectedFailure, expected_failures, json_ready
-from worker.enqueue import BatchReceipt, enqueue_batch, resend_message_async
+from worker.enqueue import BatchReceipt, enqueue_batch, resend_message_async, wait_for_outcomes
 from worker.jsonl import JsonlLine, read_jsonl
 from worker.oneshot import with_session
 from worker.settings import get_settings
@@ -73,13 +71,7 @@ def enqueue(file: BinaryIO, source: str, batch_size: int, wait: bool, timeout: f
     for problem in bad:
         click.echo(problem, err=True)
     if wait:
-        stored = rejected = 0
-        for receipt in receipts:
-            result: Any = AsyncResult(receipt.task_id, app=app).get(timeout=timeout, propagate=False)
-            if isinstance(result, dict) and result["state"] == "ingested":
-                stored += result["count"]
-            else:
-                rejected += receipt.trace_count
+        stored, rejected = wait_for_outcomes(receipts, timeout=timeout)
         click.echo(f"stored {stored} traces; rejected {rejected}")
     if bad:
         raise ExpectedFailure(f"{len(bad)} of {len(lines)} lines were invalid and not enqueued")

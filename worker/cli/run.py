@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from celery.result import AsyncResult
 
 from worker.celery_app import app
-from worker.enqueue import BatchReceipt, enqueue_batch
+from worker.enqueue import BatchReceipt, enqueue_batch, wait_for_outcomes
 from worker.jsonl import read_jsonl
 from worker.local_stack import PostgresServer, RedisServer, free_port
 from worker.migrate import upgrade_to_head
@@ -72,13 +71,7 @@ def _ingest(traces: list[Any], batch_size: int) -> dict[str, Any]:
         enqueue_batch(traces[start : start + batch_size], source="tunix-ingest run")
         for start in range(0, len(traces), batch_size)
     ]
-    stored = rejected = 0
-    for receipt in receipts:
-        result = AsyncResult(receipt.task_id, app=app).get(timeout=300)
-        if result["state"] == "ingested":
-            stored += result["count"]
-        else:
-            rejected += receipt.trace_count
+    stored, rejected = wait_for_outcomes(receipts, timeout=300)
     elapsed = time.perf_counter() - started
     return {
         "batches": len(receipts),
