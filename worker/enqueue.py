@@ -11,10 +11,11 @@ from uuid import UUID, uuid4
 
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
+from pydantic import TypeAdapter, ValidationError
 from redis import Redis
 from redis.exceptions import RedisError
 
-from models.schemas import storable_text_problem
+from models.schemas import Source
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull, TraceError
 from services.validation import validate_traces
 from worker.celery_app import app
@@ -44,12 +45,16 @@ def batch_key(batch_id: UUID) -> str:
     return f"ingest:batch:{batch_id}"
 
 
+_SOURCE = TypeAdapter(Source)
+
+
 def _check_source(source: str) -> None:
-    problem = storable_text_problem(source) if isinstance(source, str) else "must be a string"
-    if problem is None and not 1 <= len(source) <= 200:
-        problem = "must be 1 to 200 characters"
-    if problem:
-        raise BatchRejected([TraceError(None, "source", problem)])
+    """The same rule the worker applies to the message's `source`."""
+    try:
+        _SOURCE.validate_python(source, strict=True)
+    except ValidationError as error:
+        message = error.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        raise BatchRejected([TraceError(None, "source", message)]) from None
 
 
 def queue_depth() -> int:
