@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 import worker.tasks  # noqa: F401  register the tasks before any fixture app exists
+from tests.db import query
 from worker.local_stack import PostgresServer, RedisServer
 from worker.migrate import upgrade_to_head
 from worker.settings import environment
@@ -70,19 +70,7 @@ def service_environment(database_url: str, redis_url: str) -> Iterator[None]:
 def clean_data(database_url: str, redis_url: str) -> None:
     """Every test starts with empty tables and an empty Redis."""
     redis.Redis.from_url(redis_url).flushall()
-    _truncate(database_url)
-
-
-def _truncate(database_url: str) -> None:
-    import asyncio
-
-    async def truncate() -> None:
-        engine = create_async_engine(database_url)
-        async with engine.begin() as connection:
-            await connection.execute(text("TRUNCATE trace, batch RESTART IDENTITY CASCADE"))
-        await engine.dispose()
-
-    asyncio.run(truncate())
+    query(database_url, "TRUNCATE trace, batch RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture

@@ -59,25 +59,28 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *arguments]
 
 
+def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork") -> list[str]:
+    """`celery worker` for node `name@host` on the ingest and reprocess queues."""
+    return celery_command(
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{name}@%h",
+        "-Q",
+        "ingest,reprocess",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    )
+
+
 def worker_process(name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork") -> ChildProcess:
     return ChildProcess(
-        f"worker {name}",
-        celery_command(
-            "worker",
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "-n",
-            f"{name}@%h",
-            "-Q",
-            "ingest,reprocess",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ),
-        log_dir / f"worker-{name}.log",
+        f"worker {name}", worker_command(name, concurrency=concurrency, pool=pool), log_dir / f"worker-{name}.log"
     )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from tests.polling import wait_for
+from worker.processes import worker_command
 
 
 class WorkerProcess:
@@ -22,38 +22,17 @@ class WorkerProcess:
         pool: str = "prefork",
         concurrency: int = 2,
         env: dict[str, str] | None = None,
-        queues: str = "ingest,reprocess",
     ) -> None:
         self.name = name
         self.pool = pool
         self.concurrency = concurrency
         self.env = {**os.environ, **(env or {})}
-        self.queues = queues
         self.log_path = Path(tempfile.mkstemp(prefix=f"worker-{name}-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout: float = 60.0) -> WorkerProcess:
         offset = self.log_path.stat().st_size
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-P",
-            self.pool,
-            "-c",
-            str(self.concurrency),
-            "-n",
-            f"{self.name}@%h",
-            "-Q",
-            self.queues,
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ]
+        command = worker_command(self.name, concurrency=self.concurrency, pool=self.pool)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
