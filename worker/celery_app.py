@@ -19,6 +19,11 @@ def _tls_options(url: str) -> dict[str, Any] | None:
     return None
 
 
+def unacked_mutex_expire_s(settings: Settings) -> int:
+    """How long the lock of kombu's unacked-message scan outlives a worker that died holding it."""
+    return max(10, 2 * settings.unacked_restore_interval_s)
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that make delivery at-least-once and every task idempotent-safe (PRODUCT.md §8)."""
     longest_task = settings.task_time_limit_s + settings.retry_backoff_max_s
@@ -34,11 +39,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": redis_url,
         "broker_use_ssl": tls,
         "redis_backend_use_ssl": tls,
-        # Scan for a dead worker's unacked messages every interval (kombu's default throttle makes it 10x).
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
+            # Scan for a dead worker's unacked messages every interval (kombu's default throttle makes it 10x).
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
+            # A worker killed during its scan leaves the scan lock behind; kombu's default lets it block every
+            # other worker's recovery for 300 s. Scans take milliseconds, and each message is requeued in a
+            # WATCH transaction, so a short lock is safe.
+            "unacked_mutex_expire": unacked_mutex_expire_s(settings),
         },
         "broker_connection_retry_on_startup": True,
         # Producers must learn quickly that Redis is unreachable (EnqueueFailed), not hang.

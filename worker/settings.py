@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     #: Must stay above the longest task plus the longest retry delay (checked in `worker.celery_config`).
     visibility_timeout_s: int = Field(300, ge=10)
     #: How often a worker looks for unacked messages older than the visibility timeout (one ZRANGE).
-    #: A dead host's batches come back within visibility_timeout_s + unacked_restore_interval_s.
+    #: A dead host's batches come back within visibility_timeout_s + unacked_restore_interval_s (plus, if the
+    #: host died during a scan, the scan lock's expiry: max(10, 2 * this interval)).
     unacked_restore_interval_s: int = Field(10, ge=1)
     task_soft_time_limit_s: int = Field(60, ge=1)
     task_time_limit_s: int = Field(90, ge=2)
