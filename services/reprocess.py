@@ -89,6 +89,12 @@ async def redrive_batch(session: AsyncSession, batch_id: UUID, *, resend: Resend
     return True
 
 
+async def batches_on_record(session: AsyncSession, batch_ids: list[UUID]) -> set[UUID]:
+    """Which of `batch_ids` PostgreSQL holds, in any state (one SELECT)."""
+    rows = await session.scalars(select(Batch.id).where(Batch.id.in_(batch_ids)))
+    return set(rows)
+
+
 async def find_failed_batches(session: AsyncSession, *, limit: int = 1000) -> list[UUID]:
     rows = await session.scalars(
         select(Batch.id).where(Batch.state == BatchState.FAILED).order_by(Batch.updated_at).limit(limit)

@@ -23,7 +23,8 @@ class ValidatedBatch(NamedTuple):
 
     traces: list[dict[str, Any]]
     content_hash: str
-    payload_bytes: int
+    #: The traces as JSON (sorted keys): what the hash is of, reusable wherever the batch is written as JSON.
+    traces_json: bytes
 
 
 def _plain(trace: object) -> object:
@@ -88,4 +89,4 @@ def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int)
         raise BatchRejected(_trace_errors(error)) from None
     if body is None:
         raise BatchRejected([TraceError(None, "traces", "the batch cannot be encoded as JSON")])
-    return ValidatedBatch(plain, hashlib.sha256(body).hexdigest(), len(body))  # type: ignore[arg-type]
+    return ValidatedBatch(plain, hashlib.sha256(body).hexdigest(), body)  # type: ignore[arg-type]

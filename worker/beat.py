@@ -17,6 +17,7 @@ def beat_schedule(sweep_s: float, redrive_s: float, refresh_s: float) -> dict[st
 
     return {
         "publish-unpublished-batches": entry("reprocess.sweep", sweep_s),
+        "resend-lost-batches": entry("reprocess.resend_lost", sweep_s),
         "redrive-failed-batches": entry("reprocess.redrive", redrive_s),
         "refresh-derived-fields": entry("reprocess.refresh_derived", refresh_s),
     }

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from models.schemas import Source
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull, TraceError
 from services.validation import validate_traces
+from worker import custody
 from worker.celery_app import app
 from worker.settings import get_settings, redact
 
@@ -42,7 +43,11 @@ def delivery_counter_key(message: dict[str, Any]) -> str:
 
 
 def batch_key(batch_id: UUID) -> str:
+    """The content hash a batch id was first enqueued with (conflict detection at enqueue time)."""
     return f"ingest:batch:{batch_id}"
+
+
+NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT = 1, 0, -1
 
 
 _SOURCE = TypeAdapter(Source)
@@ -85,9 +90,18 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
                 settings.ingest_max_queue_depth,
                 retry_after=min(60.0, 1.0 + 10.0 * depth / settings.ingest_max_queue_depth),
             )
-        key = batch_key(batch_id)
-        first_use = redis.set(key, valid.content_hash, nx=True, ex=settings.ingest_batch_key_ttl_s)
-        if not first_use and redis.get(key) != valid.content_hash.encode():
+        enqueued_at = datetime.now(UTC).isoformat()
+        kwargs_json = custody.task_kwargs_json(str(batch_id), source, enqueued_at, valid.traces_json)
+        # Custody first: once the message is on the queue, Redis already holds what it takes to re-send it.
+        accepted_as = custody.accept(
+            redis,
+            batch_key=batch_key(batch_id),
+            batch_id=str(batch_id),
+            content_hash=valid.content_hash,
+            key_ttl_s=settings.ingest_batch_key_ttl_s,
+            kwargs_json=kwargs_json,
+        )
+        if accepted_as == CONFLICT:
             raise BatchConflict(batch_id)
         try:
             task = app.send_task(
@@ -96,13 +110,14 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
                     "batch_id": str(batch_id),
                     "source": source,
                     "traces": valid.traces,
-                    "enqueued_at": datetime.now(UTC).isoformat(),
+                    "enqueued_at": enqueued_at,
                 },
                 queue=settings.ingest_queue,
             )
         except BaseException:
-            if first_use:
-                redis.delete(key)
+            if accepted_as == NEW_BATCH:
+                redis.delete(batch_key(batch_id))
+                custody.forget(redis, str(batch_id))
             raise
     except (RedisError, KombuOperationalError, OSError) as error:
         raise EnqueueFailed(redact(f"Redis did not accept the batch: {type(error).__name__}: {error}")) from None
@@ -126,11 +141,16 @@ async def enqueue_batch_async(traces: Sequence[object], *, source: str, batch_id
     return await asyncio.to_thread(enqueue_batch, traces, source=source, batch_id=batch_id)
 
 
+def send_ingest_task(kwargs: dict[str, Any]) -> None:
+    """Put an `ingest.batch` message with these kwargs on the ingest queue, as they are (no validation)."""
+    app.send_task("ingest.batch", kwargs=kwargs, queue=get_settings().ingest_queue)
+
+
 def resend_message(message: dict[str, Any]) -> None:
     """Put a stored raw message back on the ingest queue (re-drive); its delivery count starts afresh."""
     settings = get_settings()
     redis_client(settings.redis_url.get_secret_value()).delete(delivery_counter_key(message))
-    app.send_task("ingest.batch", kwargs=message, queue=settings.ingest_queue)
+    send_ingest_task(message)
 
 
 async def resend_message_async(message: dict[str, Any]) -> None:

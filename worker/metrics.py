@@ -11,7 +11,7 @@ from worker.stats import collect_stats
 
 
 class IngestCollector(Collector):
-    """Reads PostgreSQL and Redis when scraped; a scrape costs four small queries and two Redis commands."""
+    """Reads PostgreSQL and Redis when scraped; a scrape costs four small queries and five Redis commands."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         stats = collect_stats()
@@ -30,4 +30,14 @@ class IngestCollector(Collector):
             "tunix_ingest_oldest_waiting_seconds",
             "Age of the oldest waiting batch (0 when the queue is empty).",
             stats.oldest_waiting_age_s or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "tunix_ingest_batches_in_transit",
+            "Accepted batches not in PostgreSQL yet: queued, running, or lost and about to be sent again.",
+            stats.batches_in_transit,
+        )
+        yield GaugeMetricFamily(
+            "tunix_ingest_lost_batches_resent",
+            "Batches lost between Redis and a worker and sent again by reprocess.resend_lost (a counter).",
+            stats.lost_batches_resent,
         )

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from redis import Redis
 
 from services.reports import StoreTotals, store_totals
+from worker import custody
 from worker.enqueue import queue_depth, redis_client
 from worker.oneshot import with_session
 from worker.settings import get_settings
@@ -21,6 +22,9 @@ class IngestStats(BaseModel):
     unpublished_batches: int
     queue_depth: int
     oldest_waiting_age_s: float | None
+    #: Accepted batches PostgreSQL does not hold yet (queued, running, or lost and about to be sent again).
+    batches_in_transit: int
+    lost_batches_resent: int
 
 
 def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
@@ -40,5 +44,12 @@ def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
 def collect_stats() -> IngestStats:
     settings = get_settings()
     totals: StoreTotals = with_session(store_totals)
-    age = oldest_waiting_age(redis_client(settings.redis_url.get_secret_value()), settings.ingest_queue)
-    return IngestStats(**totals.model_dump(), queue_depth=queue_depth(), oldest_waiting_age_s=age)
+    redis = redis_client(settings.redis_url.get_secret_value())
+    in_transit, resent = custody.in_transit(redis)
+    return IngestStats(
+        **totals.model_dump(),
+        queue_depth=queue_depth(),
+        oldest_waiting_age_s=oldest_waiting_age(redis, settings.ingest_queue),
+        batches_in_transit=in_transit,
+        lost_batches_resent=resent,
+    )

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
-from redis.asyncio import Redis
 
 from models.schemas import IngestResult
 from services.delivery import ingest_message, park_failed_message
 from services.reprocess import (
+    batches_on_record,
     count_stale_traces,
     find_failed_batches,
     publish_unpublished_batches,
     redrive_batch,
     refresh_stale_derived_chunk,
 )
+from worker import custody
 from worker.celery_app import app
-from worker.enqueue import delivery_counter_key, resend_message_async
+from worker.enqueue import delivery_counter_key, resend_message_async, send_ingest_task
 from worker.runtime import Runtime, abandon_runtime, current_runtime
 from worker.settings import redact
 from worker.transient import is_transient
@@ -34,28 +37,37 @@ DELIVERY_COUNTER_TTL_S = 24 * 3600
 REFRESH_CHUNK_SIZE = 2000
 
 
-async def _count_delivery(redis: Redis, message: dict[str, Any]) -> int:
-    """Brokers do not count redeliveries after a crash, so each delivery counts itself."""
-    key = delivery_counter_key(message)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, DELIVERY_COUNTER_TTL_S)
-        attempts, _ = await pipe.execute()
-    return int(attempts)
-
-
 async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
-    attempts = await _count_delivery(runtime.redis, message)
+    attempts = await custody.taken(
+        runtime.redis, message, counter_key=delivery_counter_key(message), counter_ttl_s=DELIVERY_COUNTER_TTL_S
+    )
     async with runtime.session() as session:  # the one session of this task, closed on exit
-        return await ingest_message(
+        result = await ingest_message(
             session, message, publisher=runtime.publisher, limits=runtime.limits, attempts=attempts
         )
+    await custody.release(runtime.redis, message)  # every outcome is final and in PostgreSQL
+    return result
 
 
 async def _park(runtime: Runtime, message: dict[str, Any], reason: str) -> IngestResult:
     attempts = int(await runtime.redis.get(delivery_counter_key(message)) or 1)
     async with runtime.session() as session:
-        return await park_failed_message(session, message, reason=reason, attempts=attempts, limits=runtime.limits)
+        result = await park_failed_message(session, message, reason=reason, attempts=attempts, limits=runtime.limits)
+    await custody.release(runtime.redis, message)
+    return result
+
+
+async def _before_retry(runtime: Runtime, message: dict[str, Any]) -> None:
+    await custody.requeued(runtime.redis, str(message.get("batch_id")))
+
+
+def _note_requeue(runtime: Runtime, message: dict[str, Any]) -> None:
+    """The retry goes to the end of the queue; custody must not take its wait there for a loss. Best effort:
+    if Redis is away too, the sweep may send the batch once more, which stores nothing twice."""
+    try:
+        runtime.run(_before_retry(runtime, message))
+    except Exception as error:
+        log.warning("batch %s: could not note the retry in custody: %s", message.get("batch_id"), redact(str(error)))
 
 
 @app.task(bind=True, name="ingest.batch", max_retries=None)  # our own limits decide, see below
@@ -85,6 +97,7 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
                 self.request.retries + 1,
                 countdown,
             )
+            _note_requeue(runtime, message)
             raise self.retry(countdown=max(countdown, 1)) from None
         try:
             result = runtime.run(_park(runtime, message, reason))
@@ -92,6 +105,7 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
             if not is_transient(park_error):
                 raise
             # The database is still away: keep the message in the broker rather than lose the batch.
+            _note_requeue(runtime, message)
             raise self.retry(countdown=settings.retry_backoff_max_s) from None
     return result.model_dump(mode="json")
 
@@ -108,6 +122,34 @@ def sweep_unpublished() -> int:
     """Publish batches that were committed but never announced (the outbox). Safe to run any time."""
     runtime = current_runtime()
     return runtime.run(_sweep(runtime))
+
+
+async def _resend_lost(runtime: Runtime) -> int:
+    overdue = await custody.overdue(runtime.redis, runtime.settings)
+    if not overdue:
+        return 0
+    by_uuid = {UUID(batch_id): batch_id for batch_id in overdue}
+    async with runtime.session() as session:
+        on_record = await batches_on_record(session, list(by_uuid))
+    resent = 0
+    for batch_uuid, batch_id in by_uuid.items():
+        kwargs = None if batch_uuid in on_record else await custody.stored_payload(runtime.redis, batch_id)
+        if kwargs is None:  # stored, and its worker died before releasing custody
+            await custody.release(runtime.redis, {"batch_id": batch_id})
+            continue
+        await custody.requeued(runtime.redis, batch_id)
+        await asyncio.to_thread(send_ingest_task, kwargs)
+        await custody.count_resent(runtime.redis)
+        log.warning("batch %s left the queue but never reached PostgreSQL (lost in transit); sent again", batch_id)
+        resent += 1
+    return resent
+
+
+@app.task(name="reprocess.resend_lost")
+def resend_lost() -> int:
+    """Send again the accepted batches whose message was lost between Redis and a worker (see worker.custody)."""
+    runtime = current_runtime()
+    return runtime.run(_resend_lost(runtime))
 
 
 async def _redrive_failed(runtime: Runtime) -> int:

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.workers import WorkerProcess
+from worker.processes import ChildProcess, celery_command
 
 #: Short timeouts so that crash recovery happens within a test's patience; the visibility timeout still
 #: exceeds the task time limit plus the longest retry delay, as the settings insist.
@@ -17,7 +20,11 @@ FAST_RECOVERY = {
     "UNACKED_RESTORE_INTERVAL_S": "2",
 }
 
+#: The scheduled jobs every second, so a lost batch is found soon after `custody.lost_after_s` (35 s here).
+FAST_SCHEDULE = {"SWEEP_INTERVAL_S": "1"}
+
 StartWorker = Callable[..., WorkerProcess]
+StartBeat = Callable[[dict[str, str]], ChildProcess]
 
 
 @pytest.fixture
@@ -39,3 +46,21 @@ def start_worker() -> Iterator[StartWorker]:
 def worker_process(start_worker: StartWorker) -> WorkerProcess:
     """A prefork worker with two children."""
     return start_worker("e2e")
+
+
+@pytest.fixture
+def start_beat(tmp_path: Path) -> Iterator[StartBeat]:
+    """Start `celery beat` with `env` overriding settings; stopped after the test."""
+    started: list[ChildProcess] = []
+
+    def start(env: dict[str, str]) -> ChildProcess:
+        beat = ChildProcess(
+            "beat", celery_command("beat", "--loglevel", "INFO"), tmp_path / "beat.log", env={**os.environ, **env}
+        )
+        started.append(beat.start())
+        beat.wait_for_log(b"beat: Starting")
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()

@@ -118,6 +118,7 @@ def test_status_stats_redrive_and_migrate_answer_with_meaningful_exit_codes(
     assert status.returncode == 0 and "ingested" in status.stdout
     assert as_json["stored_traces"] == 3 and as_json["published_at"]
     assert stats["traces_stored"] == 3 and stats["batches_by_state"]["ingested"] == 1 and stats["queue_depth"] == 0
+    assert stats["batches_in_transit"] == 0 and stats["lost_batches_resent"] == 0
     assert unknown.returncode == 1 and unknown.stderr.startswith("error: no batch")
     assert "traces_stored" in cli("stats").stdout
     assert cli("redrive", "--all").stdout.strip() == "re-drove 0 of 0 batches"

@@ -10,10 +10,11 @@ import pytest
 import redis
 
 from tests.db import published_batches, scalar
-from tests.e2e.conftest import FAST_RECOVERY, StartWorker
+from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWorker
+from tests.e2e.pipeline_state import describe_pipeline
 from tests.polling import wait_for
 from tests.streams import events_by_batch
-from worker import enqueue_batch
+from worker import custody, enqueue_batch
 from worker.local_stack import PostgresServer, RedisServer
 from worker.sample_traces import generate_traces
 
@@ -41,9 +42,10 @@ def assert_stored_exactly_once(database_url: str, redis_url: str, batch_ids: lis
 
 
 def test_sigkill_of_pool_children_and_of_the_whole_worker_loses_and_duplicates_nothing(
-    start_worker: StartWorker, database_url: str, redis_url: str
+    start_worker: StartWorker, start_beat: StartBeat, database_url: str, redis_url: str
 ) -> None:
     batch_ids = enqueue_backlog(20_000, 500)
+    start_beat({**FAST_RECOVERY, **FAST_SCHEDULE})  # resends a batch the killed host took but never recorded
     worker = start_worker("victim", env=FAST_RECOVERY)
     wait_for(lambda: published_batches(database_url) >= 3, timeout=60, what="the drain to start")
 
@@ -54,11 +56,38 @@ def test_sigkill_of_pool_children_and_of_the_whole_worker_loses_and_duplicates_n
     stored_at_crash = published_batches(database_url)
     assert stored_at_crash < len(batch_ids), "the crash came too late to prove anything"
 
-    start_worker("rescuer", env=FAST_RECOVERY)
-    wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="every batch stored")
+    rescuer = start_worker("rescuer", env=FAST_RECOVERY)
+    wait_for(
+        lambda: published_batches(database_url) == len(batch_ids),
+        timeout=120,
+        what="every batch stored",
+        explain=lambda: describe_pipeline(database_url, redis_url, worker, rescuer),
+    )
     wait_for(lambda: nothing_in_flight(redis_url), timeout=60, what="redeliveries to finish")  # they add nothing
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 20_000)
     assert "exited with 'signal 9 (SIGKILL)'" in worker.log()
+
+
+def test_a_message_lost_between_redis_and_a_worker_is_sent_again_by_the_scheduled_job(
+    start_worker: StartWorker, start_beat: StartBeat, database_url: str, redis_url: str
+) -> None:
+    batch_ids = enqueue_backlog(2_000, 250)
+    client = redis.Redis.from_url(redis_url)
+    # What BRPOP does when a worker takes a message; that worker's host dies before it records the message as
+    # unacknowledged, so no visibility timeout will ever bring it back.
+    assert client.rpop("ingest") is not None
+    quick = {**FAST_RECOVERY, "VISIBILITY_TIMEOUT_S": "10", "TASK_SOFT_TIME_LIMIT_S": "3", "TASK_TIME_LIMIT_S": "4"}
+    worker = start_worker("survivor", env=quick)
+    start_beat({**quick, **FAST_SCHEDULE})
+
+    wait_for(
+        lambda: published_batches(database_url) == len(batch_ids),
+        timeout=120,
+        what="every batch stored, the lost one too",
+        explain=lambda: describe_pipeline(database_url, redis_url, worker),
+    )
+    assert_stored_exactly_once(database_url, redis_url, batch_ids, 2_000)
+    wait_for(lambda: custody.in_transit(client) == (0, 1), timeout=30, what="custody to end, one batch re-sent")
 
 
 def test_postgres_restart_during_a_drain_retries_until_stored(
@@ -67,13 +96,18 @@ def test_postgres_restart_during_a_drain_retries_until_stored(
     if postgres is None:
         pytest.skip("TEST_DATABASE_URL points at a server this suite does not own and cannot restart")
     batch_ids = enqueue_backlog(15_000, 500)
-    start_worker("drain", env=FAST_RECOVERY)
+    worker = start_worker("drain", env=FAST_RECOVERY)
     wait_for(lambda: published_batches(database_url) >= 2, timeout=60, what="the drain to start")
     postgres.stop("fast")
     time.sleep(3)  # an outage long enough for several retries
     postgres.start()
 
-    wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="every batch stored")
+    wait_for(
+        lambda: published_batches(database_url) == len(batch_ids),
+        timeout=120,
+        what="every batch stored",
+        explain=lambda: describe_pipeline(database_url, redis_url, worker),
+    )
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 15_000)
     assert scalar(database_url, "SELECT max(attempts) FROM batch") > 1, "retries should show in the batch record"
 
@@ -87,6 +121,11 @@ def test_redis_restart_with_queued_batches_keeps_every_accepted_batch(
     redis_server.stop()  # SIGTERM: Redis writes its append-only file, as on a clean restart
     redis_server.start()
 
-    start_worker("after-restart", env=FAST_RECOVERY)
-    wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="every batch stored")
+    worker = start_worker("after-restart", env=FAST_RECOVERY)
+    wait_for(
+        lambda: published_batches(database_url) == len(batch_ids),
+        timeout=120,
+        what="every batch stored",
+        explain=lambda: describe_pipeline(database_url, redis_url, worker),
+    )
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 5_000)

@@ -245,6 +245,7 @@ def test_metrics_endpoint_serves_ingest_figures(worker_process: WorkerProcess, t
     assert "tunix_ingest_traces_stored 12.0" in text
     assert 'tunix_ingest_batches{state="ingested"} 1.0' in text
     assert "tunix_ingest_queue_depth 0.0" in text and "tunix_ingest_unpublished_batches 0.0" in text
+    assert "tunix_ingest_batches_in_transit 0.0" in text and "tunix_ingest_lost_batches_resent 0.0" in text
 
 
 def test_two_worker_nodes_drain_one_queue_with_every_row_stored_once(

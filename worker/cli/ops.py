@@ -26,7 +26,8 @@ def migrate() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @expected_failures
 def stats(as_json: bool) -> None:
-    """Traces stored, batches by state, queue depth, unpublished batches, oldest waiting message age."""
+    """Traces stored, batches by state, queue depth, unpublished batches, oldest waiting message age, batches
+    in transit (accepted, not in PostgreSQL yet) and lost batches sent again."""
     figures = collect_stats()
     if as_json:
         click.echo(json.dumps(json_ready(figures)))
