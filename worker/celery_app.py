@@ -10,7 +10,7 @@ from celery import Celery
 from worker.beat import REPROCESS_QUEUE, beat_schedule
 from worker.flower_guard import install as install_flower_guard
 from worker.settings import Settings, get_settings
-from worker.wire import use_orjson_for_json
+from worker.wire import BODY_ENCODING, use_orjson_for_json
 
 
 def _tls_options(url: str) -> dict[str, Any] | None:
@@ -41,6 +41,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_backend_use_ssl": tls,
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
+            "body_encoding": BODY_ENCODING,
             # Scan for a dead worker's unacked messages every interval (kombu's default throttle makes it 10x).
             "unacked_restore_interval": settings.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,

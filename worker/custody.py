@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from uuid import uuid4
 
 import orjson
 from redis import Redis
@@ -32,12 +33,19 @@ log = logging.getLogger(__name__)
 
 PREFIX = "ingest:custody"
 SEQ, WAITING, TAKEN, HORIZON, RESENT = (f"{PREFIX}:{name}" for name in ("seq", "waiting", "taken", "horizon", "resent"))
+INCOMING_TTL_S = 60
 
-# Returns 1 for a new batch id, 0 for the same batch again, -1 for the same id with other content.
+# Returns 1 for a new batch id, 0 for the same batch again, -1 for the same id with other content. The
+# payload arrives beforehand under a temporary key (KEYS[6]): a plain SET moves megabytes about twice as fast
+# as a script argument, and RENAME moves no bytes at all.
 _ACCEPT = """
 local first = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
-if not first and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-redis.call('SET', KEYS[2], ARGV[4])
+if not first and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  redis.call('DEL', KEYS[6])
+  return -1
+end
+redis.call('RENAME', KEYS[6], KEYS[2])
+redis.call('PERSIST', KEYS[2])
 redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[3]), ARGV[3])
 if first then return 1 end
@@ -104,9 +112,15 @@ def task_kwargs_json(batch_id: str, source: str, enqueued_at: str, traces_json: 
 def accept(
     redis: Redis, *, batch_key: str, batch_id: str, content_hash: str, key_ttl_s: int, kwargs_json: bytes
 ) -> int:
-    """Take custody of a batch before its message is sent; 1 new, 0 the same batch again, -1 conflict."""
-    keys = [batch_key, payload_key(batch_id), SEQ, WAITING, TAKEN]
-    return int(redis.eval(_ACCEPT, len(keys), *keys, content_hash, key_ttl_s, batch_id, kwargs_json))
+    """Take custody of a batch before its message is sent; 1 new, 0 the same batch again, -1 conflict.
+    One round trip."""
+    incoming = f"{PREFIX}:incoming:{uuid4().hex}"  # expires by itself if the script never runs
+    keys = [batch_key, payload_key(batch_id), SEQ, WAITING, TAKEN, incoming]
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.set(incoming, kwargs_json, ex=INCOMING_TTL_S)
+        pipe.eval(_ACCEPT, len(keys), *keys, content_hash, key_ttl_s, batch_id)
+        _, outcome = pipe.execute()
+    return int(outcome)
 
 
 def forget(redis: Redis, batch_id: str) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 
-import orjson
 from pydantic import BaseModel
 from redis import Redis
 
@@ -14,6 +12,7 @@ from worker import custody
 from worker.enqueue import queue_depth, redis_client
 from worker.oneshot import with_session
 from worker.settings import get_settings
+from worker.wire import task_kwargs_of
 
 
 class IngestStats(BaseModel):
@@ -33,8 +32,7 @@ def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
     if raw is None:
         return None
     try:
-        envelope = orjson.loads(raw)
-        _, kwargs, _ = orjson.loads(base64.b64decode(envelope["body"]))
+        kwargs = task_kwargs_of(raw)
         enqueued_at = datetime.fromisoformat(kwargs["enqueued_at"])
     except (ValueError, KeyError, TypeError):
         return None

@@ -4,6 +4,7 @@ only kombu knows) falls back to kombu's encoder, so no message is ever refused f
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -33,3 +34,19 @@ def use_orjson_for_json() -> None:
     # The transport imports kombu's json functions by name; same JSON, same fallback, just faster.
     setattr(kombu_redis, "dumps", dumps)  # noqa: B010
     setattr(kombu_redis, "loads", loads)  # noqa: B010
+
+
+#: Bodies travel as JSON text inside the transport's JSON envelope instead of kombu's default base64 (a third
+#: smaller, and neither side pays for base64). Each message names its own encoding, so base64 messages queued
+#: before a change still decode.
+BODY_ENCODING = "utf-8"
+
+
+def task_kwargs_of(raw_message: bytes | str) -> Any:
+    """The kwargs of a Celery task message as the Redis transport stores it (envelope, then body)."""
+    envelope = orjson.loads(raw_message)
+    body = envelope["body"]
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    _, kwargs, _ = orjson.loads(body)
+    return kwargs

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +14,7 @@ from worker.enqueue import queue_depth, redis_client
 from worker.local_stack import free_port
 from worker.sample_traces import generate_traces
 from worker.settings import get_settings
+from worker.wire import task_kwargs_of
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
 
 def queued_kwargs(redis_url: str) -> list[dict[str, object]]:
     raw = redis.Redis.from_url(redis_url).lrange("ingest", 0, -1)
-    return [json.loads(base64.b64decode(json.loads(m)["body"]))[1] for m in reversed(raw)]
+    return [task_kwargs_of(m) for m in reversed(raw)]
 
 
 def test_accepted_batch_is_on_the_queue_as_json_with_its_traces(redis_url: str) -> None:
