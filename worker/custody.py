@@ -25,6 +25,8 @@ from uuid import uuid4
 import orjson
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
+from redis.client import Pipeline
 
 from worker.celery_app import unacked_mutex_expire_s
 from worker.settings import Settings
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 PREFIX = "ingest:custody"
 SEQ, WAITING, TAKEN, HORIZON, RESENT = (f"{PREFIX}:{name}" for name in ("seq", "waiting", "taken", "horizon", "resent"))
 INCOMING_TTL_S = 60
+#: What `accept` returns.
+NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT = 1, 0, -1
 
 # Returns 1 for a new batch id, 0 for the same batch again, -1 for the same id with other content. The
 # payload arrives beforehand under a temporary key (KEYS[6]): a plain SET moves megabytes about twice as fast
@@ -123,23 +127,29 @@ def accept(
     return int(outcome)
 
 
+def _drop_record(pipe: Pipeline | AsyncPipeline, batch_id: str) -> None:
+    """Queue the commands that end custody of a batch (both pipeline kinds queue without awaiting)."""
+    pipe.delete(payload_key(batch_id))
+    pipe.zrem(WAITING, batch_id)
+    pipe.zrem(TAKEN, batch_id)
+
+
 def forget(redis: Redis, batch_id: str) -> None:
     """Drop the record of a batch whose message never reached Redis (the producer got an error)."""
     with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(payload_key(batch_id))
-        pipe.zrem(WAITING, batch_id)
-        pipe.zrem(TAKEN, batch_id)
+        _drop_record(pipe, batch_id)
         pipe.execute()
 
 
-def _batch_id_of(message: dict[str, Any]) -> str:
+def batch_id_of(message: dict[str, Any]) -> str:
+    """The key custody uses for a task message (whatever a hand-crafted message put there)."""
     return str(message.get("batch_id"))
 
 
-async def taken(redis: AsyncRedis, message: dict[str, Any], *, counter_key: str, counter_ttl_s: int) -> int:
+async def taken(redis: AsyncRedis, batch_id: str, *, counter_key: str, counter_ttl_s: int) -> int:
     """Note that a task started on the batch; returns how many deliveries it has had."""
     keys = [counter_key, WAITING, TAKEN, HORIZON]
-    return int(await redis.eval(_TAKEN, len(keys), *keys, _batch_id_of(message), counter_ttl_s))
+    return int(await redis.eval(_TAKEN, len(keys), *keys, batch_id, counter_ttl_s))
 
 
 async def requeued(redis: AsyncRedis, batch_id: str) -> None:
@@ -148,13 +158,10 @@ async def requeued(redis: AsyncRedis, batch_id: str) -> None:
     await redis.eval(_REQUEUE, len(keys), *keys, batch_id)
 
 
-async def release(redis: AsyncRedis, message: dict[str, Any]) -> None:
+async def release(redis: AsyncRedis, batch_id: str) -> None:
     """PostgreSQL holds the batch (stored, rejected or parked as failed): custody ends."""
-    batch_id = _batch_id_of(message)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(payload_key(batch_id))
-        pipe.zrem(WAITING, batch_id)
-        pipe.zrem(TAKEN, batch_id)
+        _drop_record(pipe, batch_id)
         await pipe.execute()
 
 

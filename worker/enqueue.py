@@ -47,9 +47,6 @@ def batch_key(batch_id: UUID) -> str:
     return f"ingest:batch:{batch_id}"
 
 
-NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT = 1, 0, -1
-
-
 _SOURCE = TypeAdapter(Source)
 
 
@@ -101,7 +98,7 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
             key_ttl_s=settings.ingest_batch_key_ttl_s,
             kwargs_json=kwargs_json,
         )
-        if accepted_as == CONFLICT:
+        if accepted_as == custody.CONFLICT:
             raise BatchConflict(batch_id)
         try:
             task = app.send_task(
@@ -115,7 +112,7 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
                 queue=settings.ingest_queue,
             )
         except BaseException:
-            if accepted_as == NEW_BATCH:
+            if accepted_as == custody.NEW_BATCH:
                 redis.delete(batch_key(batch_id))
                 custody.forget(redis, str(batch_id))
             raise

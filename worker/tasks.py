@@ -39,13 +39,16 @@ REFRESH_CHUNK_SIZE = 2000
 
 async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
     attempts = await custody.taken(
-        runtime.redis, message, counter_key=delivery_counter_key(message), counter_ttl_s=DELIVERY_COUNTER_TTL_S
+        runtime.redis,
+        custody.batch_id_of(message),
+        counter_key=delivery_counter_key(message),
+        counter_ttl_s=DELIVERY_COUNTER_TTL_S,
     )
     async with runtime.session() as session:  # the one session of this task, closed on exit
         result = await ingest_message(
             session, message, publisher=runtime.publisher, limits=runtime.limits, attempts=attempts
         )
-    await custody.release(runtime.redis, message)  # every outcome is final and in PostgreSQL
+    await custody.release(runtime.redis, custody.batch_id_of(message))  # every outcome is final and in PostgreSQL
     return result
 
 
@@ -53,19 +56,15 @@ async def _park(runtime: Runtime, message: dict[str, Any], reason: str) -> Inges
     attempts = int(await runtime.redis.get(delivery_counter_key(message)) or 1)
     async with runtime.session() as session:
         result = await park_failed_message(session, message, reason=reason, attempts=attempts, limits=runtime.limits)
-    await custody.release(runtime.redis, message)
+    await custody.release(runtime.redis, custody.batch_id_of(message))
     return result
-
-
-async def _before_retry(runtime: Runtime, message: dict[str, Any]) -> None:
-    await custody.requeued(runtime.redis, str(message.get("batch_id")))
 
 
 def _note_requeue(runtime: Runtime, message: dict[str, Any]) -> None:
     """The retry goes to the end of the queue; custody must not take its wait there for a loss. Best effort:
     if Redis is away too, the sweep may send the batch once more, which stores nothing twice."""
     try:
-        runtime.run(_before_retry(runtime, message))
+        runtime.run(custody.requeued(runtime.redis, custody.batch_id_of(message)))
     except Exception as error:
         log.warning("batch %s: could not note the retry in custody: %s", message.get("batch_id"), redact(str(error)))
 
@@ -135,7 +134,7 @@ async def _resend_lost(runtime: Runtime) -> int:
     for batch_uuid, batch_id in by_uuid.items():
         kwargs = None if batch_uuid in on_record else await custody.stored_payload(runtime.redis, batch_id)
         if kwargs is None:  # stored, and its worker died before releasing custody
-            await custody.release(runtime.redis, {"batch_id": batch_id})
+            await custody.release(runtime.redis, batch_id)
             continue
         await custody.requeued(runtime.redis, batch_id)
         await asyncio.to_thread(send_ingest_task, kwargs)

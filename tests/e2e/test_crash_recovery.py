@@ -12,6 +12,7 @@ import redis
 from tests.db import published_batches, scalar
 from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWorker
 from tests.e2e.pipeline_state import describe_pipeline
+from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import events_by_batch
 from worker import custody, enqueue_batch
@@ -31,6 +32,17 @@ def nothing_in_flight(redis_url: str) -> bool:
     """No batch waiting in the queue and none delivered but unacknowledged (kombu's `unacked` hash)."""
     client = redis.Redis.from_url(redis_url)
     return client.llen("ingest") == 0 and client.hlen("unacked") == 0
+
+
+def wait_until_every_batch_stored(
+    database_url: str, redis_url: str, batch_ids: list[str], *workers: WorkerProcess, what: str = "every batch stored"
+) -> None:
+    wait_for(
+        lambda: published_batches(database_url) == len(batch_ids),
+        timeout=120,
+        what=what,
+        explain=lambda: describe_pipeline(database_url, redis_url, *workers),
+    )
 
 
 def assert_stored_exactly_once(database_url: str, redis_url: str, batch_ids: list[str], traces: int) -> None:
@@ -57,12 +69,7 @@ def test_sigkill_of_pool_children_and_of_the_whole_worker_loses_and_duplicates_n
     assert stored_at_crash < len(batch_ids), "the crash came too late to prove anything"
 
     rescuer = start_worker("rescuer", env=FAST_RECOVERY)
-    wait_for(
-        lambda: published_batches(database_url) == len(batch_ids),
-        timeout=120,
-        what="every batch stored",
-        explain=lambda: describe_pipeline(database_url, redis_url, worker, rescuer),
-    )
+    wait_until_every_batch_stored(database_url, redis_url, batch_ids, worker, rescuer)
     wait_for(lambda: nothing_in_flight(redis_url), timeout=60, what="redeliveries to finish")  # they add nothing
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 20_000)
     assert "exited with 'signal 9 (SIGKILL)'" in worker.log()
@@ -80,11 +87,8 @@ def test_a_message_lost_between_redis_and_a_worker_is_sent_again_by_the_schedule
     worker = start_worker("survivor", env=quick)
     start_beat({**quick, **FAST_SCHEDULE})
 
-    wait_for(
-        lambda: published_batches(database_url) == len(batch_ids),
-        timeout=120,
-        what="every batch stored, the lost one too",
-        explain=lambda: describe_pipeline(database_url, redis_url, worker),
+    wait_until_every_batch_stored(
+        database_url, redis_url, batch_ids, worker, what="every batch stored, the lost one too"
     )
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 2_000)
     wait_for(lambda: custody.in_transit(client) == (0, 1), timeout=30, what="custody to end, one batch re-sent")
@@ -102,12 +106,7 @@ def test_postgres_restart_during_a_drain_retries_until_stored(
     time.sleep(3)  # an outage long enough for several retries
     postgres.start()
 
-    wait_for(
-        lambda: published_batches(database_url) == len(batch_ids),
-        timeout=120,
-        what="every batch stored",
-        explain=lambda: describe_pipeline(database_url, redis_url, worker),
-    )
+    wait_until_every_batch_stored(database_url, redis_url, batch_ids, worker)
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 15_000)
     assert scalar(database_url, "SELECT max(attempts) FROM batch") > 1, "retries should show in the batch record"
 
@@ -122,10 +121,5 @@ def test_redis_restart_with_queued_batches_keeps_every_accepted_batch(
     redis_server.start()
 
     worker = start_worker("after-restart", env=FAST_RECOVERY)
-    wait_for(
-        lambda: published_batches(database_url) == len(batch_ids),
-        timeout=120,
-        what="every batch stored",
-        explain=lambda: describe_pipeline(database_url, redis_url, worker),
-    )
+    wait_until_every_batch_stored(database_url, redis_url, batch_ids, worker)
     assert_stored_exactly_once(database_url, redis_url, batch_ids, 5_000)

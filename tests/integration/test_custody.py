@@ -33,7 +33,7 @@ def accept(client: redis.Redis, batch_id: str, content_hash: str = "h") -> int:
 
 async def start_task(client: AsyncRedis, batch_id: str) -> int:
     message = {"batch_id": batch_id}
-    return await custody.taken(client, message, counter_key=delivery_counter_key(message), counter_ttl_s=60)
+    return await custody.taken(client, batch_id, counter_key=delivery_counter_key(message), counter_ttl_s=60)
 
 
 async def overdue(client: AsyncRedis) -> list[str]:
@@ -42,13 +42,13 @@ async def overdue(client: AsyncRedis) -> list[str]:
 
 async def test_only_batches_that_left_the_queue_can_be_overdue(redis_url: str, async_redis: AsyncRedis) -> None:
     client = redis.Redis.from_url(redis_url)
-    assert [accept(client, batch) for batch in ("b1", "b2", "b3")] == [1, 1, 1]
+    assert [accept(client, batch) for batch in ("b1", "b2", "b3")] == [custody.NEW_BATCH] * 3
     client.lpush("ingest", "a message still queued")  # the queue is not empty: b3 may still be in it
 
     assert await start_task(async_redis, "b2") == 1  # b2 started, so b1 (sent before it) left the queue too
     assert await overdue(async_redis) == ["b1", "b2"]
 
-    await custody.release(async_redis, {"batch_id": "b2"})  # b2 is in PostgreSQL
+    await custody.release(async_redis, "b2")  # b2 is in PostgreSQL
     assert await overdue(async_redis) == ["b1"]
 
     client.delete("ingest")  # an empty queue holds nothing that was accepted before
@@ -75,8 +75,8 @@ async def test_a_retried_batch_waits_in_the_queue_again_and_counts_its_deliverie
 
 def test_the_same_batch_again_keeps_custody_and_other_content_is_a_conflict(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    assert accept(client, "b1", "hash-1") == 1
-    assert accept(client, "b1", "hash-1") == 0
-    assert accept(client, "b1", "hash-2") == -1
+    assert accept(client, "b1", "hash-1") == custody.NEW_BATCH == 1
+    assert accept(client, "b1", "hash-1") == custody.SAME_BATCH_AGAIN == 0
+    assert accept(client, "b1", "hash-2") == custody.CONFLICT == -1
     custody.forget(client, "b1")
     assert custody.in_transit(client) == (0, 0)
