@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, NamedTuple, NotRequired
+from typing import Annotated, Any, NotRequired
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from typing_extensions import TypedDict
 
 #: Serialized size cap of a trace's `meta` (PRODUCT.md §3).
@@ -158,7 +158,8 @@ class TraceFields(TypedDict):
 
 
 class BatchMessage(BaseModel):
-    """The envelope of an `ingest.batch` task (PRODUCT.md §5); traces are checked separately, one by one."""
+    """Wire format v1 of an `ingest.batch` task: the traces inline. Still accepted, so that messages queued by an
+    older version are ingested after an upgrade; traces are checked separately, one by one."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -168,29 +169,32 @@ class BatchMessage(BaseModel):
     enqueued_at: datetime | None = None
 
 
-class StoredTrace(NamedTuple):
-    """What a consumer needs to find one stored row (PRODUCT.md §6). A tuple: a batch reads back 1,000 of them."""
+class BatchTicket(BaseModel):
+    """Wire format v2 of an `ingest.batch` task (PRODUCT.md §5): a claim check. The traces' JSON waits in
+    custody under `custody_seq`; the message itself stays a few hundred bytes whatever the batch size."""
 
-    id: int
-    position: int
-    created_at: datetime
+    model_config = ConfigDict(extra="forbid")
 
-    def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "position": self.position, "created_at": self.created_at.isoformat()}
+    batch_id: UUID
+    source: Source
+    trace_count: Annotated[int, Field(ge=1)]
+    #: sha256 of the body: the worker checks that the body it fetched is the one this message names.
+    content_hash: Annotated[str, StringConstraints(pattern="^[0-9a-f]{64}$")]
+    custody_seq: Annotated[int, Field(ge=1)]
+    enqueued_at: datetime | None = None
 
 
 class IngestResult(BaseModel):
-    """The outcome of one batch: the "ingested" event and the task result carry this summary."""
+    """The outcome of one batch: the "ingested" event (v2) and the task result carry this summary."""
 
     batch_id: UUID
     source: str
     state: str
     count: int
     ingested_at: datetime | None = None
+    #: The database time of the batch's rows: one transaction writes them all, so they share it.
+    created_at: datetime | None = None
+    #: The stored rows' ids in position order.
+    ids: list[int] = Field(default_factory=list)
     published: bool = False
-    traces: list[StoredTrace] = Field(default_factory=list)
     errors: list[dict[str, Any]] = Field(default_factory=list)
-
-    @field_serializer("traces")
-    def _traces_as_objects(self, traces: list[StoredTrace]) -> list[dict[str, Any]]:
-        return [trace.as_json() for trace in traces]

@@ -61,12 +61,12 @@ async def record_dead_batch(
     state: BatchState,
     source: str,
     errors: Sequence[TraceError],
-    raw_payload: str,
+    raw_payload: str | None,
     content_hash: str,
     trace_count: int,
     attempts: int,
 ) -> bool:
-    """Keep a batch that was not stored, with its errors and raw payload. Commits.
+    """Keep a batch that was not stored, with its errors and raw payload (None: nothing left to keep). Commits.
 
     Never overwrites an ingested batch: returns False when the id already belongs to one (a corrupt duplicate
     of a stored batch). A `failed` batch is updated in place, so re-parking is safe.

@@ -50,16 +50,22 @@ class PublishFailed(TransientError):
 
 
 class EnqueueFailed(IngestError):
-    """The broker did not accept the batch: the producer knows it was **not** accepted and may retry."""
+    """Redis could not be reached or did not confirm in time: the outcome is **unknown** (the batch may or may
+    not have been accepted). Retry with the same `batch_id`, which never stores anything twice."""
+
+    def __init__(self, message: str, batch_id: object = None) -> None:
+        self.batch_id = batch_id
+        super().__init__(message if batch_id is None else f"{message}; retry with batch_id {batch_id}")
 
 
 class QueueFull(EnqueueFailed):
-    """Backpressure: the ingest queue is over its depth limit. Retry after `retry_after` seconds."""
+    """Backpressure: the ingest queue is over its depth limit and the batch was **not** accepted. Retry after
+    `retry_after` seconds."""
 
-    def __init__(self, depth: int, limit: int, retry_after: float) -> None:
+    def __init__(self, depth: int, limit: int, retry_after: float, batch_id: object = None) -> None:
         self.depth = depth
         self.limit = limit
         self.retry_after = retry_after
         super().__init__(
-            f"ingest queue holds {depth} batches, above the limit of {limit}; retry in {retry_after:.0f} s"
+            f"ingest queue holds {depth} batches, at its limit of {limit}; retry in {retry_after:.0f} s", batch_id
         )

@@ -1,4 +1,4 @@
-"""Storing a batch: one transaction, commit, one bulk SELECT, then publish (PRODUCT.md §5)."""
+"""Storing a batch: one transaction (claim, COPY), commit, one bulk SELECT, then publish (PRODUCT.md §5)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
-import orjson
-from sqlalchemy import ARRAY, Integer, Text, bindparam, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
-from models import derived as derivation
-from models.schemas import IngestResult, StoredTrace
+from models.schemas import IngestResult
 from models.tables import Batch, BatchState, Trace
+from models.trace_rows import TRACE_COLUMNS, trace_records
 from services.errors import BatchConflict
 from services.publish import Publisher, publish_result
 
@@ -30,65 +29,39 @@ class BatchIn(NamedTuple):
     traces: list[dict[str, Any]]
     content_hash: str
     enqueued_at: datetime | None = None
+    #: The traces as the body JSON they were validated from (kept when a batch is parked as `failed`).
+    body: bytes = b""
 
 
-# One statement for the whole batch, whatever its size: arrays travel as 11 parameters, far below asyncpg's
-# 32,767-parameter limit, and PostgreSQL unnests them server-side (COPY-class speed, no per-row round trip).
-_INSERT_TRACES = text(
+async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
+    """Write the batch's traces with binary COPY on the session's own connection, inside its transaction.
+
+    Call it only after a statement of the same transaction (the batch claim): SQLAlchemy's asyncpg adapter
+    begins the transaction lazily, on the first SQLAlchemy statement, and a COPY before it would commit on its
+    own. COPY has no ON CONFLICT: the claim guarantees that no row of this batch exists yet, and the unique key
+    (batch_id, position) stays as the safety net.
     """
-    INSERT INTO trace (batch_id, position, trace_version, prompt, final_answer, steps, meta,
-                       step_count, total_chars, content_hash, derivation_version)
-    SELECT :batch_id, t.position, t.trace_version, t.prompt, t.final_answer, t.steps::jsonb, t.meta::jsonb,
-           t.step_count, t.total_chars, t.content_hash, :derivation_version
-    FROM unnest(:positions, :versions, :prompts, :answers, :steps, :metas, :step_counts, :total_chars, :hashes)
-         AS t(position, trace_version, prompt, final_answer, steps, meta, step_count, total_chars, content_hash)
-    ON CONFLICT (batch_id, position) DO NOTHING
-    """
-).bindparams(
-    *(bindparam(name, type_=ARRAY(Integer)) for name in ("positions", "step_counts", "total_chars")),
-    *(bindparam(name, type_=ARRAY(Text)) for name in ("versions", "prompts", "answers", "steps", "metas", "hashes")),
-)
-
-
-def _trace_columns(traces: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "positions",
-            "versions",
-            "prompts",
-            "answers",
-            "steps",
-            "metas",
-            "step_counts",
-            "total_chars",
-            "hashes",
-        )
-    }
-    for position, trace in enumerate(traces):
-        derived = derivation.derive(trace)
-        meta = trace.get("meta")
-        columns["positions"].append(position)
-        columns["versions"].append(trace["trace_version"])
-        columns["prompts"].append(trace["prompt"])
-        columns["answers"].append(trace["final_answer"])
-        columns["steps"].append(orjson.dumps(trace["steps"]).decode())
-        columns["metas"].append(None if meta is None else orjson.dumps(meta).decode())
-        columns["step_counts"].append(derived.step_count)
-        columns["total_chars"].append(derived.total_chars)
-        columns["hashes"].append(derived.content_hash)
-    return columns
-
-
-async def load_stored_traces(session: AsyncSession, batch_id: UUID) -> list[StoredTrace]:
-    """One SELECT: the ids and creation times of a batch's rows, in position order."""
-    rows = await session.execute(
-        select(Trace.id, Trace.position, Trace.created_at).where(Trace.batch_id == batch_id).order_by(Trace.position)
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+        Trace.__tablename__, records=trace_records(batch.batch_id, batch.traces), columns=TRACE_COLUMNS
     )
-    return [StoredTrace(row.id, row.position, row.created_at) for row in rows]
 
 
-async def _claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> datetime | None:
+async def read_back(session: AsyncSession, batch_id: UUID) -> tuple[list[int], datetime | None]:
+    """One SELECT: the batch's row ids in position order and the database time they were written at (one
+    transaction writes them all, so they share `now()`)."""
+    row = (
+        await session.execute(
+            select(func.array_agg(aggregate_order_by(Trace.id, Trace.position)), func.min(Trace.created_at)).where(
+                Trace.batch_id == batch_id
+            )
+        )
+    ).one()
+    return list(row[0] or []), row[1]
+
+
+async def claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> datetime | None:
     """Insert the batch row (or revive a `failed` one with the same content); its ingest time if this call
     owns the batch, None if it was already there. A concurrent duplicate waits here on the primary key until
     the first transaction ends, so two deliveries never both insert traces."""
@@ -130,17 +103,10 @@ async def ingest_batch(
     """
     # `session` belongs to this call alone: every statement below is awaited in turn, never gathered,
     # because an AsyncSession (and its one connection) must not be used by two coroutines at once.
-    ingested_at = await _claim_batch(session, batch, attempts)
+    ingested_at = await claim_batch(session, batch, attempts)
     published_at = None
     if ingested_at is not None:
-        await session.execute(
-            _INSERT_TRACES,
-            {
-                "batch_id": batch.batch_id,
-                "derivation_version": derivation.DERIVATION_VERSION,
-                **_trace_columns(batch.traces),
-            },
-        )
+        await copy_traces(session, batch)
     else:
         existing = (
             await session.execute(
@@ -164,17 +130,45 @@ async def ingest_batch(
         ingested_at, published_at = existing.ingested_at, existing.published_at
         log.info("batch %s was already stored; nothing inserted", batch.batch_id)
     await session.commit()
+    return await _announce(session, batch.batch_id, batch.source, ingested_at, published_at, publisher)
 
-    stored = await load_stored_traces(session, batch.batch_id)
+
+async def _announce(
+    session: AsyncSession,
+    batch_id: UUID,
+    source: str,
+    ingested_at: datetime | None,
+    published_at: datetime | None,
+    publisher: Publisher,
+) -> IngestResult:
+    """Read a committed batch's rows back (one SELECT) and publish its event unless it is out already."""
+    ids, created_at = await read_back(session, batch_id)
     result = IngestResult(
-        batch_id=batch.batch_id,
-        source=batch.source,
+        batch_id=batch_id,
+        source=source,
         state=BatchState.INGESTED,
-        count=len(stored),
+        count=len(ids),
         ingested_at=ingested_at,
+        created_at=created_at,
+        ids=ids,
         published=published_at is not None,
-        traces=stored,
     )
     if published_at is not None:
         return result
     return await publish_result(session, result, publisher=publisher)
+
+
+async def announce_if_stored(session: AsyncSession, batch_id: UUID, *, publisher: Publisher) -> IngestResult | None:
+    """The result of a batch PostgreSQL already holds as `ingested` (published now if it was not yet), or None.
+    For a delivery that has no body to store: a duplicate of a batch stored before. Safe to run again."""
+    stored = (
+        await session.execute(
+            select(Batch.source, Batch.ingested_at, Batch.published_at).where(
+                Batch.id == batch_id, Batch.state == BatchState.INGESTED
+            )
+        )
+    ).one_or_none()
+    if stored is None:
+        await session.rollback()
+        return None
+    return await _announce(session, batch_id, stored.source, stored.ingested_at, stored.published_at, publisher)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
@@ -24,15 +25,25 @@ class Publisher(Protocol):
     async def publish(self, fields: dict[str, str]) -> None: ...
 
 
+#: Version of the event's fields; consumers check it before reading the rest.
+EVENT_VERSION = "2"
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else ""
+
+
 def event_fields(result: IngestResult) -> dict[str, str]:
-    """The stream entry of one batch: ids of its stored rows in position order, for consumers to load."""
-    traces = [trace.as_json() for trace in result.traces]
+    """The stream entry of one batch (event v2, compact): the ids of its stored rows in position order and the
+    one database time they share, for consumers to load the rows with one SELECT. ~7 KB for 1,000 traces."""
     return {
+        "event_version": EVENT_VERSION,
         "batch_id": str(result.batch_id),
         "source": result.source,
         "count": str(result.count),
-        "ingested_at": result.ingested_at.isoformat() if result.ingested_at else "",
-        "traces": orjson.dumps(traces).decode(),
+        "ingested_at": _iso(result.ingested_at),
+        "created_at": _iso(result.created_at),
+        "ids": orjson.dumps(result.ids).decode(),
     }
 
 

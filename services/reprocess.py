@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import ARRAY, BigInteger, Integer, Text, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import derived as derivation
-from models.schemas import IngestResult, StoredTrace
+from models.schemas import IngestResult
 from models.tables import Batch, BatchState, Trace
 from services.publish import Publisher, publish_result
 
@@ -29,7 +30,7 @@ async def publish_unpublished_batches(
 ) -> int:
     """The outbox sweep: publish batches committed more than `older_than` ago whose event never went out.
 
-    Reads the batches and all their rows with two SELECTs, then publishes and marks each. Returns how many
+    Reads the batches and their rows' ids with two SELECTs, then publishes and marks each. Returns how many
     were published. Events stay at least once: a batch published just before a crash may go out again.
     """
     batches = (
@@ -47,22 +48,22 @@ async def publish_unpublished_batches(
     if not batches:
         return 0
     rows = await session.execute(
-        select(Trace.batch_id, Trace.id, Trace.position, Trace.created_at)
+        select(Trace.batch_id, func.array_agg(aggregate_order_by(Trace.id, Trace.position)), func.min(Trace.created_at))
         .where(Trace.batch_id.in_([batch.id for batch in batches]))
-        .order_by(Trace.batch_id, Trace.position)
+        .group_by(Trace.batch_id)
     )
-    traces: dict[UUID, list[StoredTrace]] = {batch.id: [] for batch in batches}
-    for row in rows:
-        traces[row.batch_id].append(StoredTrace(row.id, row.position, row.created_at))
+    stored: dict[UUID, tuple[list[int], datetime | None]] = {row[0]: (list(row[1]), row[2]) for row in rows}
     published = 0
     for batch in batches:
+        ids, created_at = stored.get(batch.id, ([], None))
         result = IngestResult(
             batch_id=batch.id,
             source=batch.source,
             state=BatchState.INGESTED,
-            count=len(traces[batch.id]),
+            count=len(ids),
             ingested_at=batch.ingested_at,
-            traces=traces[batch.id],
+            created_at=created_at,
+            ids=ids,
         )
         published += (await publish_result(session, result, publisher=publisher)).published
     log.info("outbox sweep published %d of %d unpublished batches", published, len(batches))

@@ -1,8 +1,13 @@
-"""Batch validation shared by the producer side and the worker: never trust the queue."""
+"""Batch validation shared by the producer side and the worker: never trust the queue.
+
+The producer validates Python objects and encodes the batch body once (`validate_traces`); the worker validates
+that body straight from bytes (`validate_body`). Both read the same schemas in `models.schemas`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -14,7 +19,7 @@ from services.errors import BatchRejected, TraceError
 
 _FAST = TypeAdapter(list[TraceFields])
 _PRECISE = TypeAdapter(list[TraceIn])
-#: How orjson writes a NUL character inside a JSON string.
+#: How JSON writes a NUL character inside a string (orjson writes it exactly so).
 _ESCAPED_NUL = b"\\u0000"
 
 
@@ -23,8 +28,9 @@ class ValidatedBatch(NamedTuple):
 
     traces: list[dict[str, Any]]
     content_hash: str
-    #: The traces as JSON (sorted keys): what the hash is of, reusable wherever the batch is written as JSON.
-    traces_json: bytes
+    #: The batch body: the traces as compact JSON with sorted keys, what the hash is of. Encoded once by the
+    #: producer, stored once in custody, validated from these bytes by the worker.
+    body: bytes
 
 
 def _plain(trace: object) -> object:
@@ -52,6 +58,9 @@ def field_path(location: Sequence[int | str]) -> str:
 def _trace_errors(error: ValidationError) -> list[TraceError]:
     problems = []
     for detail in error.errors(include_url=False, include_input=False):
+        if not detail["loc"]:  # the body as a whole is not a list
+            problems.append(TraceError(None, "traces", detail["msg"]))
+            continue
         index, *rest = detail["loc"]
         message = detail["msg"].removeprefix("Value error, ")
         if detail["type"] == "string_unicode":
@@ -60,26 +69,57 @@ def _trace_errors(error: ValidationError) -> list[TraceError]:
     return problems
 
 
+def _check_count(count: int, max_batch: int) -> None:
+    if not count:
+        raise BatchRejected([TraceError(None, "traces", "a batch needs at least one trace")])
+    if count > max_batch:
+        raise BatchRejected([TraceError(None, "traces", f"{count} traces exceeds maximum of {max_batch} per batch")])
+
+
+def _too_big(size: str, max_bytes: int) -> BatchRejected:
+    return BatchRejected([TraceError(None, "traces", f"{size} bytes of JSON exceeds maximum of {max_bytes} per batch")])
+
+
+def _least_json_size(trace: object) -> int:
+    """A lower bound of a trace's JSON size, without encoding it: the length of its long strings."""
+    if not isinstance(trace, dict):
+        return 0
+    texts = [trace.get("prompt"), trace.get("final_answer")]
+    steps = trace.get("steps")
+    if isinstance(steps, list):
+        texts += [step.get("content") for step in steps if isinstance(step, dict)]
+    return sum(len(text) for text in texts if isinstance(text, str))
+
+
+def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
+    """The batch body, or None when some trace cannot be encoded (validation then names it). Encodes trace by
+    trace and stops as soon as the size passes `max_bytes`, before encoding a trace whose strings alone pass
+    it (the encoder reserves several times a string's length), so an oversize batch never costs much more
+    memory than the limit (PRODUCT.md §8.11)."""
+    parts: list[bytes] = []
+    size = 1  # the brackets, less the comma the first trace does not need
+    for trace in traces:
+        if size + _least_json_size(trace) > max_bytes:
+            raise _too_big(f"more than {max_bytes}", max_bytes)
+        try:
+            part = orjson.dumps(trace, option=orjson.OPT_SORT_KEYS, default=_encode_model)
+        except (TypeError, orjson.JSONEncodeError):
+            return None
+        size += len(part) + 1
+        if size > max_bytes:
+            raise _too_big(f"more than {max_bytes}", max_bytes)
+        parts.append(part)
+    return b"[" + b",".join(parts) + b"]"
+
+
 def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int) -> ValidatedBatch:
-    """Check a batch against PRODUCT.md §3–§4: count, JSON size, then every trace.
+    """Check a batch of Python objects against PRODUCT.md §3–§4: count, JSON size, then every trace.
 
     Raises `BatchRejected` listing every problem, by trace index and field path.
     """
-    if not traces:
-        raise BatchRejected([TraceError(None, "traces", "a batch needs at least one trace")])
-    if len(traces) > max_batch:
-        raise BatchRejected(
-            [TraceError(None, "traces", f"{len(traces)} traces exceeds maximum of {max_batch} per batch")]
-        )
+    _check_count(len(traces), max_batch)
     plain = [_plain(trace) for trace in traces]
-    try:
-        body: bytes | None = orjson.dumps(plain, option=orjson.OPT_SORT_KEYS, default=_encode_model)
-    except (TypeError, orjson.JSONEncodeError):
-        body = None  # validation below names the trace and field that cannot be encoded
-    if body is not None and len(body) > max_bytes:
-        raise BatchRejected(
-            [TraceError(None, "traces", f"{len(body)} bytes of JSON exceeds maximum of {max_bytes} per batch")]
-        )
+    body = encode_body(plain, max_bytes)
     try:
         _FAST.validate_python(plain)
         if body is None or _ESCAPED_NUL in body:
@@ -90,3 +130,40 @@ def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int)
     if body is None:
         raise BatchRejected([TraceError(None, "traces", "the batch cannot be encoded as JSON")])
     return ValidatedBatch(plain, hashlib.sha256(body).hexdigest(), body)  # type: ignore[arg-type]
+
+
+def _decode_leniently(body: bytes) -> Any:
+    """The body decoded by the standard parser, which also takes escaped lone surrogates (so validation can
+    name the field that holds one); raises `BatchRejected` when it is not JSON at all."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as error:
+        raise BatchRejected([TraceError(None, "traces", f"the body is not valid UTF-8 (byte {error.start})")]) from None
+    except json.JSONDecodeError as error:
+        raise BatchRejected([TraceError(None, "traces", f"the body is not valid JSON: {error}")]) from None
+
+
+def validate_body(body: bytes, *, max_batch: int, max_bytes: int) -> ValidatedBatch:
+    """Check a batch body (JSON bytes, as `validate_traces` encodes it) against the same rules, parsing and
+    validating in one pass. Raises `BatchRejected` listing every problem, by trace index and field path."""
+    if len(body) > max_bytes:
+        raise _too_big(str(len(body)), max_bytes)
+    try:
+        traces: list[dict[str, Any]] = _FAST.validate_json(body)  # type: ignore[assignment]
+        if _ESCAPED_NUL in body:
+            _PRECISE.validate_json(body)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        if first["type"] != "json_invalid":
+            raise BatchRejected(_trace_errors(error)) from None
+        decoded = _decode_leniently(body)  # a lone surrogate stops the fast parser: find out where
+        if not isinstance(decoded, list):
+            raise BatchRejected([TraceError(None, "traces", "the body must be a JSON list of traces")]) from None
+        _check_count(len(decoded), max_batch)
+        try:
+            _PRECISE.validate_python(decoded)
+        except ValidationError as precise:
+            raise BatchRejected(_trace_errors(precise)) from None
+        raise BatchRejected([TraceError(None, "traces", f"the body is not valid JSON: {first['msg']}")]) from None
+    _check_count(len(traces), max_batch)
+    return ValidatedBatch(traces, hashlib.sha256(body).hexdigest(), body)

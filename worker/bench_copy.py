@@ -1,4 +1,5 @@
-"""The raw COPY ceiling: asyncpg `copy_records_to_table` of the same traces into a copy of the trace table."""
+"""The raw COPY ceiling: asyncpg `copy_records_to_table` of the same traces, in the same row shape as the
+ingest path (`models.trace_rows`), into a copy of the trace table."""
 
 from __future__ import annotations
 
@@ -8,54 +9,16 @@ import uuid
 from typing import Any
 
 import asyncpg
-import orjson
 
-from models.derived import DERIVATION_VERSION, derive
+from models.trace_rows import TRACE_COLUMNS, trace_records
 
 COPY_TABLE = "bench_copy_trace"
-_COLUMNS = (
-    "batch_id",
-    "position",
-    "trace_version",
-    "prompt",
-    "final_answer",
-    "steps",
-    "meta",
-    "step_count",
-    "total_chars",
-    "content_hash",
-    "derivation_version",
-)
-
-
-def _records(batch: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    batch_id = uuid.uuid4()
-    rows = []
-    for position, trace in enumerate(batch):
-        derived = derive(trace)
-        meta = trace.get("meta")
-        rows.append(
-            (
-                batch_id,
-                position,
-                trace["trace_version"],
-                trace["prompt"],
-                trace["final_answer"],
-                orjson.dumps(trace["steps"]).decode(),
-                None if meta is None else orjson.dumps(meta).decode(),
-                derived.step_count,
-                derived.total_chars,
-                derived.content_hash,
-                DERIVATION_VERSION,
-            )
-        )
-    return rows
 
 
 async def copy_ceiling(dsn: str, batches: list[list[dict[str, Any]]], connections: int) -> float:
     """Traces per second that `connections` parallel COPYs (one per batch) load into an equivalent table:
     same columns, defaults, unique key and indexes. The records are built before the clock starts."""
-    records = [_records(batch) for batch in batches]
+    records = [trace_records(uuid.uuid4(), batch) for batch in batches]
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
@@ -68,7 +31,9 @@ async def copy_ceiling(dsn: str, batches: list[list[dict[str, Any]]], connection
         async def load() -> None:
             async with pool.acquire() as connection:
                 while not queue.empty():
-                    await connection.copy_records_to_table(COPY_TABLE, records=queue.get_nowait(), columns=_COLUMNS)
+                    await connection.copy_records_to_table(
+                        COPY_TABLE, records=queue.get_nowait(), columns=TRACE_COLUMNS
+                    )
 
         started = time.perf_counter()
         await asyncio.gather(*(load() for _ in range(connections)))  # one connection per coroutine

@@ -92,5 +92,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 use_orjson_for_json()
 install_flower_guard()
-app = Celery("tunix_ingest", include=["worker.tasks"])
+app = Celery("tunix_ingest", include=["worker.tasks", "worker.redis_policy"])
 app.add_defaults(lambda: celery_config(get_settings()))

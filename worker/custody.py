@@ -1,32 +1,37 @@
-"""Custody of accepted batches until PostgreSQL holds them (PRODUCT.md §8: nothing accepted is ever lost).
+"""Custody of accepted batches until PostgreSQL holds them (PRODUCT.md §5, §8: nothing accepted is ever lost).
 
-Why it exists: kombu's Redis transport pops a message (BRPOP) and only then records it as unacknowledged. A
-worker host that dies in between loses that message for good: no visibility timeout brings it back. So the
-producer records each batch it hands over, in the same Redis and before the message, and the record is released
-only once PostgreSQL holds the batch. The scheduled `reprocess.resend_lost` job re-sends a batch whose message
-has left the queue, that no task has touched for longer than any live delivery can take, and that PostgreSQL
-does not hold. A batch that was only slow is then delivered twice, which idempotent ingest makes harmless.
+Custody holds each accepted batch's **body** (the traces' JSON, encoded once by the producer) and a small
+**ticket** (the `ingest.batch` kwargs); the Celery message is only a claim check naming the record by its
+sequence number. So a batch travels through Redis once, and a lost message can always be sent again.
 
-The queue is first in, first out, so "has left the queue" needs no scan of the queue: each accepted batch gets
-a sequence number, every task start raises the horizon to its batch's number, and an empty queue raises it to
-the last number handed out. Every record at or below the horizon has left the queue.
+Why the record must outlive the message: kombu's Redis transport pops a message (BRPOP) and only then records it
+as unacknowledged, so a worker host that dies in between loses that message for good. The scheduled
+`reprocess.resend_lost` job sends the ticket again for a record whose message has left the queue, that no task
+has touched for longer than any live delivery can take, and that PostgreSQL does not hold. A batch that was only
+slow is then delivered twice, which idempotent ingest makes harmless.
 
-Keys: `…:seq` (counter), `…:waiting` (batch id → sequence number), `…:taken` (batch id → Redis time it was
-last seen leaving the queue or starting), `…:horizon`, `…:payload:<batch id>` (the task's kwargs as JSON),
-`…:resent` (how many lost batches were sent again).
+The queue is first in, first out, so "has left the queue" needs no scan of the queue: each record gets a
+sequence number, every delivery raises the horizon to its own record's number, and an empty queue raises it to
+the last number handed out. Every record at or below the horizon has left the queue. Records are keyed by
+message, not by batch: a producer that retries a batch gets a second record at the tail, and the first copy's
+delivery moves the horizon only to where that copy stood.
+
+Keys (`ingest:custody:`): `seq` (counter), `waiting` (record → queue position), `taken` (record → Redis time it
+was last seen leaving the queue or starting), `horizon`, `body:<record>`, `ticket:<record>`, `resent` and
+`bodies_missing` (counters). Messages of wire format v1 (traces inline, queued by an older version) have records
+named by their batch id with the whole message under `payload:<batch id>`; they are released the same way.
+The scripts build record keys from the prefix: Redis Cluster is not supported (kombu refuses it as a broker).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple, cast
 from uuid import uuid4
 
 import orjson
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.client import Pipeline as AsyncPipeline
-from redis.client import Pipeline
 
 from worker.celery_app import unacked_mutex_expire_s
 from worker.settings import Settings
@@ -34,48 +39,57 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 PREFIX = "ingest:custody"
-SEQ, WAITING, TAKEN, HORIZON, RESENT = (f"{PREFIX}:{name}" for name in ("seq", "waiting", "taken", "horizon", "resent"))
+SEQ, WAITING, TAKEN, HORIZON, RESENT, BODIES_MISSING = (
+    f"{PREFIX}:{name}" for name in ("seq", "waiting", "taken", "horizon", "resent", "bodies_missing")
+)
 INCOMING_TTL_S = 60
-#: What `accept` returns.
-NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT = 1, 0, -1
+#: What `accept` returns as its outcome.
+NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT, QUEUE_FULL = 1, 0, -1, -2
 
-# Returns 1 for a new batch id, 0 for the same batch again, -1 for the same id with other content. The
-# payload arrives beforehand under a temporary key (KEYS[6]): a plain SET moves megabytes about twice as fast
-# as a script argument, and RENAME moves no bytes at all.
+# The body arrives beforehand under a temporary key (KEYS[4]): a plain SET moves megabytes about twice as fast
+# as a script argument, and RENAME moves no bytes at all. Returns {outcome, sequence number or queue depth}.
 _ACCEPT = """
+local depth = redis.call('LLEN', KEYS[5])
+if depth >= tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[4])
+  return {-2, depth}
+end
 local first = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
 if not first and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  redis.call('DEL', KEYS[6])
-  return -1
+  redis.call('DEL', KEYS[4])
+  return {-1, 0}
 end
-redis.call('RENAME', KEYS[6], KEYS[2])
-redis.call('PERSIST', KEYS[2])
-redis.call('ZREM', KEYS[5], ARGV[3])
-redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[3]), ARGV[3])
-if first then return 1 end
-return 0
+local seq = redis.call('INCR', KEYS[2])
+local body = ARGV[5] .. ':body:' .. seq
+redis.call('RENAME', KEYS[4], body)
+redis.call('PERSIST', body)
+redis.call('SET', ARGV[5] .. ':ticket:' .. seq, ARGV[3] .. seq .. '}')
+redis.call('ZADD', KEYS[3], seq, seq)
+if first then return {1, seq} end
+return {0, seq}
 """
 
-# A task starts on the batch: it has left the queue. Also counts the delivery (brokers do not count
-# redeliveries after a crash) and returns the count.
-_TAKEN = """
+# A delivery starts: its record has left the queue (and so has every earlier one). Counts the batch's
+# deliveries (brokers do not count redeliveries after a crash) and fetches the body, in one round trip.
+_START_DELIVERY = """
 local now = tonumber(redis.call('TIME')[1])
-local seq = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if seq then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  if tonumber(seq) > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], seq) end
-  redis.call('ZADD', KEYS[3], now, ARGV[1])
+local position = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if position then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  if tonumber(position) > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], position) end
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
 else
-  redis.call('ZADD', KEYS[3], 'XX', now, ARGV[1])
+  redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])
 end
-local deliveries = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return deliveries
+local deliveries = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+if ARGV[3] == '1' then return {deliveries, redis.call('GET', KEYS[5])} end
+return {deliveries, false}
 """
 
-# The batch goes back into the queue (a retry, or a re-send): it waits again behind what is queued now.
+# The record's message goes back into the queue (a retry, or a re-send): it waits again behind what is queued.
 _REQUEUE = """
-if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[4], KEYS[5]) == 0 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), ARGV[1])
 return 1
@@ -96,79 +110,101 @@ return redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[1]), 'LI
 """
 
 
-def payload_key(batch_id: str) -> str:
-    return f"{PREFIX}:payload:{batch_id}"
+class Accepted(NamedTuple):
+    """What `accept` did: `outcome` is NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT or QUEUE_FULL; `value` is the new
+    record's sequence number, or the queue depth when the queue is full."""
+
+    outcome: int
+    value: int
+
+
+class Delivery(NamedTuple):
+    """A delivery that started: how many the batch has had, and its body (None when custody has none)."""
+
+    deliveries: int
+    body: bytes | None
+
+
+def body_key(record: str) -> str:
+    return f"{PREFIX}:body:{record}"
+
+
+def ticket_key(record: str) -> str:
+    return f"{PREFIX}:ticket:{record}"
+
+
+def legacy_payload_key(record: str) -> str:
+    """Where a v1 record keeps its whole message (traces inline)."""
+    return f"{PREFIX}:payload:{record}"
+
+
+def record_of(message: dict[str, Any]) -> str:
+    """The custody record a task message belongs to: its sequence number (v2) or its batch id (v1)."""
+    seq = message.get("custody_seq")
+    return str(seq) if isinstance(seq, int) and not isinstance(seq, bool) else str(message.get("batch_id"))
 
 
 def lost_after_s(settings: Settings) -> int:
-    """How long a batch out of the queue may go untouched before it counts as lost: a dead host's unacked
+    """How long a record out of the queue may go untouched before it counts as lost: a dead host's unacked
     messages come back after the visibility timeout (later if it died holding the scan lock), and a message a
     live worker reserved waits at most one task ahead of it."""
     return settings.visibility_timeout_s + unacked_mutex_expire_s(settings) + settings.task_time_limit_s
 
 
-def task_kwargs_json(batch_id: str, source: str, enqueued_at: str, traces_json: bytes) -> bytes:
-    """The `ingest.batch` kwargs as JSON, reusing the traces' JSON from validation (no second encoding)."""
-    head = orjson.dumps({"batch_id": batch_id, "source": source, "enqueued_at": enqueued_at})
-    return head[:-1] + b',"traces":' + traces_json + b"}"
-
-
 def accept(
-    redis: Redis, *, batch_key: str, batch_id: str, content_hash: str, key_ttl_s: int, kwargs_json: bytes
-) -> int:
-    """Take custody of a batch before its message is sent; 1 new, 0 the same batch again, -1 conflict.
-    One round trip."""
+    redis: Redis,
+    *,
+    batch_key: str,
+    content_hash: str,
+    key_ttl_s: int,
+    body: bytes,
+    ticket_head: bytes,
+    queue: str,
+    max_depth: int,
+) -> Accepted:
+    """Take custody of a batch before its claim-check message is sent, unless the queue is full or the batch
+    id names other content. `ticket_head` is the ticket's JSON up to the value of `custody_seq`. One round
+    trip; the body is written once."""
     incoming = f"{PREFIX}:incoming:{uuid4().hex}"  # expires by itself if the script never runs
-    keys = [batch_key, payload_key(batch_id), SEQ, WAITING, TAKEN, incoming]
+    keys = [batch_key, SEQ, WAITING, incoming, queue]
     with redis.pipeline(transaction=True) as pipe:
-        pipe.set(incoming, kwargs_json, ex=INCOMING_TTL_S)
-        pipe.eval(_ACCEPT, len(keys), *keys, content_hash, key_ttl_s, batch_id)
-        _, outcome = pipe.execute()
-    return int(outcome)
+        pipe.set(incoming, body, ex=INCOMING_TTL_S)
+        pipe.eval(_ACCEPT, len(keys), *keys, content_hash, key_ttl_s, ticket_head, max_depth, PREFIX)
+        _, (outcome, value) = pipe.execute()
+    return Accepted(int(outcome), int(value))
 
 
-def _drop_record(pipe: Pipeline | AsyncPipeline, batch_id: str) -> None:
-    """Queue the commands that end custody of a batch (both pipeline kinds queue without awaiting)."""
-    pipe.delete(payload_key(batch_id))
-    pipe.zrem(WAITING, batch_id)
-    pipe.zrem(TAKEN, batch_id)
+async def start_delivery(
+    redis: AsyncRedis, record: str, *, counter_key: str, counter_ttl_s: int, fetch_body: bool
+) -> Delivery:
+    """Note that a delivery of the record's message started (it left the queue), count the batch's deliveries
+    and fetch the body, in one round trip."""
+    keys = [WAITING, TAKEN, HORIZON, counter_key, body_key(record)]
+    deliveries, body = await redis.eval(
+        _START_DELIVERY, len(keys), *keys, record, counter_ttl_s, "1" if fetch_body else "0"
+    )
+    return Delivery(int(deliveries), body)
 
 
-def forget(redis: Redis, batch_id: str) -> None:
-    """Drop the record of a batch whose message never reached Redis (the producer got an error)."""
-    with redis.pipeline(transaction=True) as pipe:
-        _drop_record(pipe, batch_id)
-        pipe.execute()
+async def requeued(redis: AsyncRedis, record: str) -> None:
+    """Note that the record's message goes back to the end of the queue (before sending it)."""
+    keys = [SEQ, WAITING, TAKEN, ticket_key(record), legacy_payload_key(record)]
+    await redis.eval(_REQUEUE, len(keys), *keys, record)
 
 
-def batch_id_of(message: dict[str, Any]) -> str:
-    """The key custody uses for a task message (whatever a hand-crafted message put there)."""
-    return str(message.get("batch_id"))
-
-
-async def taken(redis: AsyncRedis, batch_id: str, *, counter_key: str, counter_ttl_s: int) -> int:
-    """Note that a task started on the batch; returns how many deliveries it has had."""
-    keys = [counter_key, WAITING, TAKEN, HORIZON]
-    return int(await redis.eval(_TAKEN, len(keys), *keys, batch_id, counter_ttl_s))
-
-
-async def requeued(redis: AsyncRedis, batch_id: str) -> None:
-    """Note that the batch's message goes back to the end of the queue (before sending it)."""
-    keys = [SEQ, WAITING, TAKEN, payload_key(batch_id)]
-    await redis.eval(_REQUEUE, len(keys), *keys, batch_id)
-
-
-async def release(redis: AsyncRedis, batch_id: str) -> None:
-    """PostgreSQL holds the batch (stored, rejected or parked as failed): custody ends."""
+async def release(redis: AsyncRedis, record: str) -> None:
+    """PostgreSQL holds the batch (stored, rejected or parked as failed): the record and its body go."""
     async with redis.pipeline(transaction=True) as pipe:
-        _drop_record(pipe, batch_id)
+        pipe.delete(body_key(record), ticket_key(record), legacy_payload_key(record))
+        pipe.zrem(WAITING, record)
+        pipe.zrem(TAKEN, record)
         await pipe.execute()
 
 
 async def overdue(
     redis: AsyncRedis, settings: Settings, *, untouched_for_s: int | None = None, limit: int = 100
 ) -> list[str]:
-    """Batch ids out of the queue and untouched for `lost_after_s` (or `untouched_for_s`): stored but not
+    """Records out of the queue and untouched for `lost_after_s` (or `untouched_for_s`): stored but not
     released (their worker died in between), or lost."""
     keys = [SEQ, WAITING, TAKEN, HORIZON, settings.ingest_queue]
     quiet_for = lost_after_s(settings) if untouched_for_s is None else untouched_for_s
@@ -176,20 +212,36 @@ async def overdue(
     return [value.decode() if isinstance(value, bytes) else str(value) for value in ids]
 
 
-async def stored_payload(redis: AsyncRedis, batch_id: str) -> dict[str, Any] | None:
-    raw = await redis.get(payload_key(batch_id))
+async def stored_body(redis: AsyncRedis, record: str) -> bytes | None:
+    return cast(bytes | None, await redis.get(body_key(record)))  # the client does not decode responses
+
+
+async def resendable_message(redis: AsyncRedis, record: str) -> dict[str, Any] | None:
+    """The task kwargs to send again for a record: its ticket (v2) or its whole message (v1); None if gone."""
+    ticket, legacy = await redis.mget(ticket_key(record), legacy_payload_key(record))
+    raw = ticket or legacy
     return None if raw is None else dict(orjson.loads(raw))
 
 
-async def count_resent(redis: AsyncRedis) -> None:
-    await redis.incr(RESENT)
+async def count(redis: AsyncRedis, counter: str) -> None:
+    """Add one to a custody counter (`RESENT`, `BODIES_MISSING`)."""
+    await redis.incr(counter)
 
 
-def in_transit(redis: Redis) -> tuple[int, int]:
-    """(batches accepted and not yet in PostgreSQL, lost batches sent again so far)."""
+class CustodyFigures(NamedTuple):
+    #: Batches accepted and not yet in PostgreSQL (queued, running, or lost and about to be sent again).
+    in_transit: int
+    #: Lost messages sent again so far.
+    resent: int
+    #: Deliveries that found no body and no stored batch (parked as `failed`).
+    bodies_missing: int
+
+
+def figures(redis: Redis) -> CustodyFigures:
     with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(WAITING)
         pipe.zcard(TAKEN)
         pipe.get(RESENT)
-        waiting, taken_count, resent = pipe.execute()
-    return int(waiting) + int(taken_count), int(resent or 0)
+        pipe.get(BODIES_MISSING)
+        waiting, taken, resent, missing = pipe.execute()
+    return CustodyFigures(int(waiting) + int(taken), int(resent or 0), int(missing or 0))

@@ -1,4 +1,5 @@
-"""The producer API (PRODUCT.md §4): validate a batch, then place it on Redis as one `ingest.batch` task."""
+"""The producer API (PRODUCT.md §4): validate a batch, hand its body to custody, then send one small
+`ingest.batch` claim-check message (wire format v2, §5)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
+import orjson
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import TypeAdapter, ValidationError
@@ -17,7 +19,7 @@ from redis.exceptions import RedisError
 
 from models.schemas import Source
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull, TraceError
-from services.validation import validate_traces
+from services.validation import ValidatedBatch, validate_traces
 from worker import custody
 from worker.celery_app import app
 from worker.settings import get_settings, redact
@@ -37,9 +39,9 @@ def redis_client(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
 
 
-def delivery_counter_key(message: dict[str, Any]) -> str:
+def delivery_counter_key(batch_id: str) -> str:
     """Where workers count a batch's deliveries (brokers do not count redeliveries after a crash)."""
-    return f"ingest:deliveries:{message.get('batch_id')}"
+    return f"ingest:deliveries:{batch_id}"
 
 
 def batch_key(batch_id: UUID) -> str:
@@ -60,17 +62,63 @@ def _check_source(source: str) -> None:
 
 
 def queue_depth() -> int:
-    """Batches waiting in the ingest queue (one LLEN: cheap enough to ask before every enqueue)."""
+    """Batches waiting in the ingest queue (one LLEN)."""
     settings = get_settings()
     return int(redis_client(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))
+
+
+def _ticket_head(batch_id: UUID, source: str, valid: ValidatedBatch) -> tuple[dict[str, Any], bytes]:
+    """The claim check's kwargs without its custody number, and their JSON up to that number's value."""
+    kwargs: dict[str, Any] = {
+        "batch_id": str(batch_id),
+        "source": source,
+        "enqueued_at": datetime.now(UTC).isoformat(),
+        "trace_count": len(valid.traces),
+        "content_hash": valid.content_hash,
+    }
+    return kwargs, orjson.dumps(kwargs)[:-1] + b',"custody_seq":'
+
+
+def _hand_over(valid: ValidatedBatch, *, source: str, batch_id: UUID, max_depth: int) -> str:
+    """Custody of the body first, then the claim-check message; the task id. Raises `QueueFull`,
+    `BatchConflict`, or the Redis/kombu error that left the outcome unknown."""
+    settings = get_settings()
+    redis = redis_client(settings.redis_url.get_secret_value())
+    kwargs, ticket_head = _ticket_head(batch_id, source, valid)
+    accepted = custody.accept(
+        redis,
+        batch_key=batch_key(batch_id),
+        content_hash=valid.content_hash,
+        key_ttl_s=settings.ingest_batch_key_ttl_s,
+        body=valid.body,
+        ticket_head=ticket_head,
+        queue=settings.ingest_queue,
+        max_depth=max_depth,
+    )
+    if accepted.outcome == custody.QUEUE_FULL:
+        depth = accepted.value
+        raise QueueFull(depth, max_depth, retry_after=min(60.0, 1.0 + 10.0 * depth / max_depth), batch_id=batch_id)
+    if accepted.outcome == custody.CONFLICT:
+        raise BatchConflict(batch_id)
+    # From here on Redis holds the batch: if the send fails (or only its reply is lost), custody's re-send
+    # delivers it later, so the producer is told the outcome is unknown, never "not accepted".
+    task = app.send_task(
+        "ingest.batch",
+        kwargs={**kwargs, "custody_seq": accepted.value},
+        queue=settings.ingest_queue,
+        argsrepr=f"{batch_id}, n={len(valid.traces)}",
+        kwargsrepr=f"{{source: {source!r}, custody_seq: {accepted.value}}}",
+    )
+    return str(task.id)
 
 
 def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
     """Validate `traces` (pydantic models or plain dicts) and enqueue them as one batch.
 
-    Returns once Redis has accepted the message. Raises `BatchRejected` (nothing enqueued) for invalid input,
-    `BatchConflict` if `batch_id` was used for other traces, `QueueFull` when the queue is over its limit and
-    `EnqueueFailed` when Redis cannot be reached. Retrying with the same `batch_id` and traces is safe.
+    Returns once Redis has accepted the batch. Raises `BatchRejected` (nothing enqueued) for invalid input,
+    `BatchConflict` if `batch_id` was used for other traces, `QueueFull` when the queue is at its limit
+    (nothing enqueued), and `EnqueueFailed` when Redis cannot be reached or does not confirm: then the outcome
+    is unknown, and retrying with `EnqueueFailed.batch_id` is safe (it never stores anything twice).
     """
     settings = get_settings()
     _check_source(source)
@@ -78,47 +126,13 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
         list(traces), max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes
     )
     batch_id = batch_id or uuid4()
-    redis = redis_client(settings.redis_url.get_secret_value())
     try:
-        depth = queue_depth()
-        if depth >= settings.ingest_max_queue_depth:
-            raise QueueFull(
-                depth,
-                settings.ingest_max_queue_depth,
-                retry_after=min(60.0, 1.0 + 10.0 * depth / settings.ingest_max_queue_depth),
-            )
-        enqueued_at = datetime.now(UTC).isoformat()
-        kwargs_json = custody.task_kwargs_json(str(batch_id), source, enqueued_at, valid.traces_json)
-        # Custody first: once the message is on the queue, Redis already holds what it takes to re-send it.
-        accepted_as = custody.accept(
-            redis,
-            batch_key=batch_key(batch_id),
-            batch_id=str(batch_id),
-            content_hash=valid.content_hash,
-            key_ttl_s=settings.ingest_batch_key_ttl_s,
-            kwargs_json=kwargs_json,
-        )
-        if accepted_as == custody.CONFLICT:
-            raise BatchConflict(batch_id)
-        try:
-            task = app.send_task(
-                "ingest.batch",
-                kwargs={
-                    "batch_id": str(batch_id),
-                    "source": source,
-                    "traces": valid.traces,
-                    "enqueued_at": enqueued_at,
-                },
-                queue=settings.ingest_queue,
-            )
-        except BaseException:
-            if accepted_as == custody.NEW_BATCH:
-                redis.delete(batch_key(batch_id))
-                custody.forget(redis, str(batch_id))
-            raise
+        task_id = _hand_over(valid, source=source, batch_id=batch_id, max_depth=settings.ingest_max_queue_depth)
     except (RedisError, KombuOperationalError, OSError) as error:
-        raise EnqueueFailed(redact(f"Redis did not accept the batch: {type(error).__name__}: {error}")) from None
-    return BatchReceipt(batch_id, task.id, len(valid.traces))
+        raise EnqueueFailed(
+            redact(f"Redis did not confirm the batch: {type(error).__name__}: {error}"), batch_id
+        ) from None
+    return BatchReceipt(batch_id, task_id, len(valid.traces))
 
 
 def wait_for_outcomes(receipts: Sequence[BatchReceipt], *, timeout: float) -> tuple[int, int]:
@@ -144,10 +158,15 @@ def send_ingest_task(kwargs: dict[str, Any]) -> None:
 
 
 def resend_message(message: dict[str, Any]) -> None:
-    """Put a stored raw message back on the ingest queue (re-drive); its delivery count starts afresh."""
+    """Send a parked batch's raw payload (the v1 message shape) back through custody, as a new claim check
+    (re-drive); its delivery count starts afresh. Not subject to the queue's depth limit: it was accepted once."""
     settings = get_settings()
-    redis_client(settings.redis_url.get_secret_value()).delete(delivery_counter_key(message))
-    send_ingest_task(message)
+    valid = validate_traces(
+        message["traces"], max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes
+    )
+    batch_id = UUID(message["batch_id"])
+    redis_client(settings.redis_url.get_secret_value()).delete(delivery_counter_key(str(batch_id)))
+    _hand_over(valid, source=message["source"], batch_id=batch_id, max_depth=2**62)
 
 
 async def resend_message_async(message: dict[str, Any]) -> None:

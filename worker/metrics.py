@@ -11,7 +11,7 @@ from worker.stats import collect_stats
 
 
 class IngestCollector(Collector):
-    """Reads PostgreSQL and Redis when scraped; a scrape costs four small queries and five Redis commands."""
+    """Reads PostgreSQL and Redis when scraped; a scrape costs four small queries and a few Redis commands."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         stats = collect_stats()
@@ -40,4 +40,14 @@ class IngestCollector(Collector):
             "tunix_ingest_lost_batches_resent",
             "Batches lost between Redis and a worker and sent again by reprocess.resend_lost (a counter).",
             stats.lost_batches_resent,
+        )
+        yield GaugeMetricFamily(
+            "tunix_ingest_bodies_missing",
+            "Claim checks whose body was gone from Redis and whose batch was not stored: parked as failed (a counter).",
+            stats.bodies_missing,
+        )
+        yield GaugeMetricFamily(
+            "tunix_ingest_redis_used_memory_bytes",
+            "Redis used_memory: queued bodies, custody records, task results and the event stream.",
+            stats.redis_used_memory_bytes,
         )

@@ -24,6 +24,10 @@ class IngestStats(BaseModel):
     #: Accepted batches PostgreSQL does not hold yet (queued, running, or lost and about to be sent again).
     batches_in_transit: int
     lost_batches_resent: int
+    #: Claim checks whose body was gone and whose batch PostgreSQL did not hold (parked as `failed`).
+    bodies_missing: int
+    #: Redis's `used_memory`: queued bodies, custody records, task results and the event stream (docs/operations.md).
+    redis_used_memory_bytes: int
 
 
 def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
@@ -43,11 +47,13 @@ def collect_stats() -> IngestStats:
     settings = get_settings()
     totals: StoreTotals = with_session(store_totals)
     redis = redis_client(settings.redis_url.get_secret_value())
-    in_transit, resent = custody.in_transit(redis)
+    held = custody.figures(redis)
     return IngestStats(
         **totals.model_dump(),
         queue_depth=queue_depth(),
         oldest_waiting_age_s=oldest_waiting_age(redis, settings.ingest_queue),
-        batches_in_transit=in_transit,
-        lost_batches_resent=resent,
+        batches_in_transit=held.in_transit,
+        lost_batches_resent=held.resent,
+        bodies_missing=held.bodies_missing,
+        redis_used_memory_bytes=int(redis.info("memory")["used_memory"]),
     )

@@ -13,7 +13,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from models.schemas import IngestResult
-from services.delivery import ingest_message, park_failed_message
+from models.tables import BatchState
+from services.delivery import ingest_message, is_claim_check, park_failed_message
 from services.reprocess import (
     batches_on_record,
     count_stale_traces,
@@ -37,26 +38,43 @@ DELIVERY_COUNTER_TTL_S = 24 * 3600
 REFRESH_CHUNK_SIZE = 2000
 
 
-async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
-    attempts = await custody.taken(
+async def _start(runtime: Runtime, message: dict[str, Any]) -> custody.Delivery:
+    """Custody's bookkeeping for this delivery and, for a claim check, its body: one round trip."""
+    return await custody.start_delivery(
         runtime.redis,
-        custody.batch_id_of(message),
-        counter_key=delivery_counter_key(message),
+        custody.record_of(message),
+        counter_key=delivery_counter_key(str(message.get("batch_id"))),
         counter_ttl_s=DELIVERY_COUNTER_TTL_S,
+        fetch_body=is_claim_check(message),
     )
+
+
+async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
+    delivery = await _start(runtime, message)
     async with runtime.session() as session:  # the one session of this task, closed on exit
         result = await ingest_message(
-            session, message, publisher=runtime.publisher, limits=runtime.limits, attempts=attempts
+            session,
+            message,
+            body=delivery.body,
+            publisher=runtime.publisher,
+            limits=runtime.limits,
+            attempts=delivery.deliveries,
         )
-    await custody.release(runtime.redis, custody.batch_id_of(message))  # every outcome is final and in PostgreSQL
+    if is_claim_check(message) and delivery.body is None and result.state == BatchState.FAILED:
+        await custody.count(runtime.redis, custody.BODIES_MISSING)
+    await custody.release(runtime.redis, custody.record_of(message))  # every outcome is final and in PostgreSQL
     return result
 
 
 async def _park(runtime: Runtime, message: dict[str, Any], reason: str) -> IngestResult:
-    attempts = int(await runtime.redis.get(delivery_counter_key(message)) or 1)
+    record = custody.record_of(message)
+    body = await custody.stored_body(runtime.redis, record) if is_claim_check(message) else None
+    attempts = int(await runtime.redis.get(delivery_counter_key(str(message.get("batch_id")))) or 1)
     async with runtime.session() as session:
-        result = await park_failed_message(session, message, reason=reason, attempts=attempts, limits=runtime.limits)
-    await custody.release(runtime.redis, custody.batch_id_of(message))
+        result = await park_failed_message(
+            session, message, body=body, reason=reason, attempts=attempts, limits=runtime.limits
+        )
+    await custody.release(runtime.redis, record)
     return result
 
 
@@ -64,7 +82,7 @@ def _note_requeue(runtime: Runtime, message: dict[str, Any]) -> None:
     """The retry goes to the end of the queue; custody must not take its wait there for a loss. Best effort:
     if Redis is away too, the sweep may send the batch once more, which stores nothing twice."""
     try:
-        runtime.run(custody.requeued(runtime.redis, custody.batch_id_of(message)))
+        runtime.run(custody.requeued(runtime.redis, custody.record_of(message)))
     except Exception as error:
         log.warning("batch %s: could not note the retry in custody: %s", message.get("batch_id"), redact(str(error)))
 
@@ -124,22 +142,22 @@ def sweep_unpublished() -> int:
 
 
 async def _resend_lost(runtime: Runtime) -> int:
-    overdue = await custody.overdue(runtime.redis, runtime.settings)
-    if not overdue:
+    records = await custody.overdue(runtime.redis, runtime.settings)
+    if not records:
         return 0
-    by_uuid = {UUID(batch_id): batch_id for batch_id in overdue}
+    messages = {record: await custody.resendable_message(runtime.redis, record) for record in records}
+    batch_ids = {UUID(str(m["batch_id"])) for m in messages.values() if m is not None}
     async with runtime.session() as session:
-        on_record = await batches_on_record(session, list(by_uuid))
+        on_record = {str(batch_id) for batch_id in await batches_on_record(session, list(batch_ids))}
     resent = 0
-    for batch_uuid, batch_id in by_uuid.items():
-        kwargs = None if batch_uuid in on_record else await custody.stored_payload(runtime.redis, batch_id)
-        if kwargs is None:  # stored, and its worker died before releasing custody
-            await custody.release(runtime.redis, batch_id)
+    for record, message in messages.items():
+        if message is None or str(message["batch_id"]) in on_record:  # stored; its worker died before releasing
+            await custody.release(runtime.redis, record)
             continue
-        await custody.requeued(runtime.redis, batch_id)
-        await asyncio.to_thread(send_ingest_task, kwargs)
-        await custody.count_resent(runtime.redis)
-        log.warning("batch %s left the queue but never reached PostgreSQL (lost in transit); sent again", batch_id)
+        await custody.requeued(runtime.redis, record)
+        await asyncio.to_thread(send_ingest_task, message)
+        await custody.count(runtime.redis, custody.RESENT)
+        log.warning("batch %s left the queue but never reached PostgreSQL (lost in transit); sent again", record)
         resent += 1
     return resent
 

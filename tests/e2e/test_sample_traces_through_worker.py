@@ -47,7 +47,7 @@ def test_all_550_sample_traces_are_stored_once_equal_and_announced_once(
     assert sorted(by_batch) == sorted(str(receipt.batch_id) for receipt in receipts)
     for receipt in receipts:
         (event,) = by_batch[str(receipt.batch_id)]
-        announced = [t["id"] for t in json.loads(event["traces"])]
+        announced = json.loads(event["ids"])
         assert announced == [stored[(receipt.batch_id, p)].id for p in range(receipt.trace_count)]
 
     again = [

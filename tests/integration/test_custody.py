@@ -1,4 +1,4 @@
-"""Custody of accepted batches in a real Redis: which ones count as out of the queue, and when."""
+"""Custody of accepted batches in a real Redis: which records count as out of the queue, and when."""
 
 from __future__ import annotations
 
@@ -20,40 +20,46 @@ async def async_redis(redis_url: str) -> AsyncIterator[AsyncRedis]:
     await client.aclose()
 
 
-def accept(client: redis.Redis, batch_id: str, content_hash: str = "h") -> int:
+def accept(client: redis.Redis, batch_id: str, content_hash: str = "h", max_depth: int = 100) -> custody.Accepted:
     return custody.accept(
         client,
         batch_key=batch_key(batch_id),  # type: ignore[arg-type]
-        batch_id=batch_id,
         content_hash=content_hash,
         key_ttl_s=60,
-        kwargs_json=b'{"batch_id": "%s"}' % batch_id.encode(),
+        body=b'["body of %s"]' % batch_id.encode(),
+        ticket_head=b'{"batch_id":"%s","custody_seq":' % batch_id.encode(),
+        queue="ingest",
+        max_depth=max_depth,
     )
 
 
-async def start_task(client: AsyncRedis, batch_id: str) -> int:
-    message = {"batch_id": batch_id}
-    return await custody.taken(client, batch_id, counter_key=delivery_counter_key(message), counter_ttl_s=60)
+async def start(client: AsyncRedis, record: str, batch_id: str) -> custody.Delivery:
+    return await custody.start_delivery(
+        client, record, counter_key=delivery_counter_key(batch_id), counter_ttl_s=60, fetch_body=True
+    )
 
 
 async def overdue(client: AsyncRedis) -> list[str]:
-    return sorted(await custody.overdue(client, get_settings(), untouched_for_s=0))
+    return sorted(await custody.overdue(client, get_settings(), untouched_for_s=0), key=int)
 
 
-async def test_only_batches_that_left_the_queue_can_be_overdue(redis_url: str, async_redis: AsyncRedis) -> None:
+async def test_only_records_that_left_the_queue_can_be_overdue(redis_url: str, async_redis: AsyncRedis) -> None:
     client = redis.Redis.from_url(redis_url)
-    assert [accept(client, batch) for batch in ("b1", "b2", "b3")] == [custody.NEW_BATCH] * 3
+    records = [str(accept(client, batch).value) for batch in ("b1", "b2", "b3")]
+    assert records == ["1", "2", "3"]
     client.lpush("ingest", "a message still queued")  # the queue is not empty: b3 may still be in it
 
-    assert await start_task(async_redis, "b2") == 1  # b2 started, so b1 (sent before it) left the queue too
-    assert await overdue(async_redis) == ["b1", "b2"]
+    delivery = await start(async_redis, "2", "b2")  # b2 started, so b1 (sent before it) left the queue too
+    assert delivery == custody.Delivery(1, b'["body of b2"]')
+    assert await overdue(async_redis) == ["1", "2"]
 
-    await custody.release(async_redis, "b2")  # b2 is in PostgreSQL
-    assert await overdue(async_redis) == ["b1"]
+    await custody.release(async_redis, "2")  # b2 is in PostgreSQL: its record and body are gone
+    assert await overdue(async_redis) == ["1"]
+    assert await custody.stored_body(async_redis, "2") is None
 
     client.delete("ingest")  # an empty queue holds nothing that was accepted before
-    assert await overdue(async_redis) == ["b1", "b3"]
-    assert custody.in_transit(client) == (2, 0)
+    assert await overdue(async_redis) == ["1", "3"]
+    assert custody.figures(client) == custody.CustodyFigures(in_transit=2, resent=0, bodies_missing=0)
 
 
 async def test_a_retried_batch_waits_in_the_queue_again_and_counts_its_deliveries(
@@ -63,20 +69,45 @@ async def test_a_retried_batch_waits_in_the_queue_again_and_counts_its_deliverie
     accept(client, "b1")
     accept(client, "b2")
     client.lpush("ingest", "a message still queued")
-    assert await start_task(async_redis, "b1") == 1
-    await custody.requeued(async_redis, "b1")  # its retry goes behind b2
+    assert (await start(async_redis, "1", "b1")).deliveries == 1
+    await custody.requeued(async_redis, "1")  # its retry goes behind b2
     assert await overdue(async_redis) == []
-    assert await start_task(async_redis, "b2") == 1
-    assert await overdue(async_redis) == ["b2"]
-    assert await start_task(async_redis, "b1") == 2
-    assert await overdue(async_redis) == ["b1", "b2"]
-    assert await custody.stored_payload(async_redis, "b1") == {"batch_id": "b1"}
+    assert (await start(async_redis, "2", "b2")).deliveries == 1
+    assert await overdue(async_redis) == ["2"]
+    assert (await start(async_redis, "1", "b1")).deliveries == 2
+    assert await overdue(async_redis) == ["1", "2"]
+    assert await custody.resendable_message(async_redis, "1") == {"batch_id": "b1", "custody_seq": 1}
 
 
-def test_the_same_batch_again_keeps_custody_and_other_content_is_a_conflict(redis_url: str) -> None:
+async def test_a_producer_retry_at_the_tail_does_not_make_the_backlog_count_as_out_of_the_queue(
+    redis_url: str, async_redis: AsyncRedis
+) -> None:
     client = redis.Redis.from_url(redis_url)
-    assert accept(client, "b1", "hash-1") == custody.NEW_BATCH == 1
-    assert accept(client, "b1", "hash-1") == custody.SAME_BATCH_AGAIN == 0
-    assert accept(client, "b1", "hash-2") == custody.CONFLICT == -1
-    custody.forget(client, "b1")
-    assert custody.in_transit(client) == (0, 0)
+    first = accept(client, "retried")
+    backlog = [accept(client, f"backlog-{n}").value for n in range(5)]
+    again = accept(client, "retried")  # the producer sends the same batch once more, behind the backlog
+    assert (first.outcome, again.outcome) == (custody.NEW_BATCH, custody.SAME_BATCH_AGAIN)
+    client.lpush("ingest", *[f"message {n}" for n in [*backlog, again.value]])
+
+    await start(async_redis, str(first.value), "retried")  # the first copy's delivery starts
+
+    # Only the first copy has left the queue: the backlog and the second copy still wait where they were.
+    assert await overdue(async_redis) == [str(first.value)]
+    assert custody.figures(client).in_transit == 7
+
+
+def test_the_same_batch_again_gets_a_record_of_its_own_and_other_content_is_a_conflict(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    assert accept(client, "b1", "hash-1") == custody.Accepted(custody.NEW_BATCH, 1)
+    assert accept(client, "b1", "hash-1") == custody.Accepted(custody.SAME_BATCH_AGAIN, 2)
+    assert accept(client, "b1", "hash-2").outcome == custody.CONFLICT
+    assert client.get(custody.ticket_key("2")) == b'{"batch_id":"b1","custody_seq":2}'
+    assert custody.figures(client).in_transit == 2
+
+
+def test_a_full_queue_takes_no_custody_and_says_how_deep_it_is(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.lpush("ingest", "one", "two")
+    assert accept(client, "b1", max_depth=2) == custody.Accepted(custody.QUEUE_FULL, 2)
+    assert custody.figures(client).in_transit == 0
+    assert client.keys(f"{custody.PREFIX}:incoming:*") == []  # the body sent ahead is gone too

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
+from typing import Any, cast
 
+import orjson
 import pytest
 import redis
 
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull
-from worker import enqueue_batch, enqueue_batch_async
+from worker import custody, enqueue_batch, enqueue_batch_async
 from worker.enqueue import queue_depth, redis_client
 from worker.local_stack import free_port
 from worker.sample_traces import generate_traces
@@ -25,17 +28,29 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
     get_settings.cache_clear()
 
 
-def queued_kwargs(redis_url: str) -> list[dict[str, object]]:
+def queued_kwargs(redis_url: str) -> list[dict[str, Any]]:
     raw = redis.Redis.from_url(redis_url).lrange("ingest", 0, -1)
     return [task_kwargs_of(m) for m in reversed(raw)]
 
 
-def test_accepted_batch_is_on_the_queue_as_json_with_its_traces(redis_url: str) -> None:
-    traces = list(generate_traces(3))
+def test_accepted_batch_is_a_small_claim_check_and_its_body_waits_in_custody_once(redis_url: str) -> None:
+    traces = list(generate_traces(1000))
     receipt = enqueue_batch(traces, source="producer-a")
+    client = redis.Redis.from_url(redis_url)
+    (raw_message,) = client.lrange("ingest", 0, -1)
     (queued,) = queued_kwargs(redis_url)
+
+    assert set(queued) == {"batch_id", "source", "enqueued_at", "trace_count", "content_hash", "custody_seq"}
     assert queued["batch_id"] == str(receipt.batch_id) and queued["source"] == "producer-a"
-    assert queued["traces"] == traces and receipt.trace_count == 3
+    assert queued["trace_count"] == receipt.trace_count == 1000
+    assert len(raw_message) < 3000  # a claim check, whatever the batch size
+    headers = orjson.loads(raw_message)["headers"]
+    assert headers["argsrepr"] == f"{receipt.batch_id}, n=1000"  # what Flower shows
+    body = cast(bytes | None, client.get(custody.body_key(str(queued["custody_seq"]))))
+    assert body is not None and orjson.loads(body) == traces
+    assert hashlib.sha256(body).hexdigest() == queued["content_hash"]
+    bodies = [key for key in client.keys("*") if (client.memory_usage(key) or 0) > len(body) // 2]
+    assert bodies == [custody.body_key(str(queued["custody_seq"])).encode()]  # the traces are in Redis once
 
 
 def test_invalid_batch_enqueues_nothing(redis_url: str) -> None:
@@ -71,9 +86,11 @@ def test_full_queue_pushes_back_with_a_retry_delay(settings_env: pytest.MonkeyPa
 def test_unreachable_redis_raises_enqueue_failed_without_the_password(settings_env: pytest.MonkeyPatch) -> None:
     settings_env.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()
+    batch_id = uuid.uuid4()
     with pytest.raises(EnqueueFailed) as failed:
-        enqueue_batch(list(generate_traces(1)), source="p")
+        enqueue_batch(list(generate_traces(1)), source="p", batch_id=batch_id)
     assert "hunter2" not in str(failed.value)
+    assert failed.value.batch_id == batch_id and f"retry with batch_id {batch_id}" in str(failed.value)
     redis_client.cache_clear()
 
 

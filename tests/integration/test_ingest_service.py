@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -17,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from models.derived import derive
 from models.tables import Batch, Trace
 from services.errors import BatchConflict
-from services.ingest import BatchIn, ingest_batch
+from services.ingest import BatchIn, claim_batch, copy_traces, ingest_batch
 from services.validation import validate_traces
 from tests.db import as_received
 from tests.streams import STREAM, stream_events
@@ -52,11 +55,12 @@ async def test_batch_is_stored_whole_and_announced_with_its_row_ids(
         result = await ingest_batch(session, batch, publisher=publisher)
 
     assert result.count == 25 and result.published
-    assert [t.position for t in result.traces] == list(range(25))
     async with sessions() as session:
         rows = (await session.scalars(select(Trace).order_by(Trace.position))).all()
         stored_batch = await session.get(Batch, batch.batch_id)
-    assert [row.id for row in rows] == [t.id for t in result.traces]
+    assert [row.position for row in rows] == list(range(25))
+    assert [row.id for row in rows] == result.ids
+    assert {row.created_at for row in rows} == {result.created_at}  # one transaction: one database time
     for row, trace in zip(rows, traces, strict=True):
         assert as_received(row) == trace
         assert (row.step_count, row.total_chars, row.content_hash) == tuple(derive(trace))
@@ -64,6 +68,7 @@ async def test_batch_is_stored_whole_and_announced_with_its_row_ids(
     events = stream_events(redis_url)
     assert len(events) == 1
     assert events[0]["batch_id"] == str(batch.batch_id) and events[0]["count"] == "25"
+    assert json.loads(events[0]["ids"]) == result.ids
 
 
 async def test_rerun_of_a_stored_batch_stores_nothing_and_publishes_nothing_new(
@@ -75,7 +80,7 @@ async def test_rerun_of_a_stored_batch_stores_nothing_and_publishes_nothing_new(
     async with sessions() as session:
         again = await ingest_batch(session, batch, publisher=publisher)
 
-    assert again.traces == first.traces
+    assert again.ids == first.ids and again.created_at == first.created_at
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Trace)) == 10
     assert len(stream_events(redis_url)) == 1
@@ -112,7 +117,37 @@ async def test_one_select_after_commit_reads_back_a_batch_of_1000(
     assert result.count == 1000
     after_data_commit = statements[statements.index("COMMIT") + 1 :]
     assert after_data_commit.count("SELECT") == 1
-    assert statements.count("INSERT") == 2  # the batch row and one statement for all 1,000 traces
+    assert statements.count("INSERT") == 1  # the batch row; the 1,000 traces go by COPY on the same connection
+
+
+async def test_a_failure_after_the_copy_rolls_the_copied_rows_back_with_the_batch(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    batch = make_batch(list(generate_traces(50)))
+    async with sessions() as session:
+        assert await claim_batch(session, batch, attempts=1) is not None
+        await copy_traces(session, batch)
+        assert await session.scalar(select(func.count()).select_from(Trace)) == 50  # visible inside the transaction
+        await session.rollback()  # e.g. the process dies, or a later statement fails, before the commit
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Trace)) == 0
+        assert await session.get(Batch, batch.batch_id) is None
+
+
+async def test_the_event_of_a_1000_trace_batch_is_compact_and_names_its_rows_in_order(
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, redis_url: str
+) -> None:
+    async with sessions() as session:
+        result = await ingest_batch(session, make_batch(list(generate_traces(1000))), publisher=publisher)
+    (event,) = stream_events(redis_url)
+
+    assert set(event) == {"event_version", "batch_id", "source", "count", "ingested_at", "created_at", "ids"}
+    assert event["event_version"] == "2" and event["count"] == "1000"
+    assert json.loads(event["ids"]) == result.ids == sorted(result.ids)
+    assert datetime.fromisoformat(event["created_at"]) == result.created_at
+    assert sum(len(name) + len(value) for name, value in event.items()) < 10_000
+    task_result = orjson.dumps(result.model_dump(mode="json"))
+    assert len(task_result) < 10_000
 
 
 async def test_unreachable_stream_leaves_the_batch_stored_but_unpublished(

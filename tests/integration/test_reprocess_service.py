@@ -68,7 +68,7 @@ async def test_sweep_publishes_only_old_enough_unpublished_batches_once(
         assert await session.scalar(select(func.count()).select_from(Trace)) == 15
     events = stream_events(redis_url)
     assert len(events) == 3
-    assert all(len(json.loads(e["traces"])) == 5 for e in events)
+    assert all(len(json.loads(e["ids"])) == 5 for e in events)
 
 
 async def test_poison_message_is_kept_as_rejected_with_storable_errors_and_payload(

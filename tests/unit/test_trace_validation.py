@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
 
 from models.schemas import META_MAX_BYTES, TraceIn
 from services.errors import BatchRejected, TraceError
-from services.validation import field_path, validate_traces
+from services.validation import field_path, validate_body, validate_traces
 from tests.conftest import SAMPLE_DATA
 
 LIMITS = {"max_batch": 1000, "max_bytes": 8 * 1024 * 1024}
@@ -67,31 +68,90 @@ def test_metadata_is_preserved_exactly() -> None:
     assert valid.traces[0]["meta"] == meta
 
 
-@pytest.mark.parametrize(
-    ("changes", "path", "fragment"),
-    [
-        ({"extra_field": 1}, "extra_field", "Extra inputs are not permitted"),
-        ({"prompt": 42}, "prompt", "valid string"),
-        ({"steps": [{"i": "0", "type": "a", "content": "x"}]}, "steps[0].i", "valid integer"),
-        ({"steps": [{"i": -1, "type": "a", "content": "x"}]}, "steps[0].i", "greater than or equal to 0"),
-        ({"steps": []}, "steps", "at least 1 item"),
-        ({"prompt": "a\x00b"}, "prompt", "NUL"),
-        ({"final_answer": "\ud800"}, "final_answer", "lone surrogate"),
-        ({"steps": [{"i": 0, "type": "a", "content": "x\x00"}]}, "steps[0].content", "NUL"),
-        ({"trace_version": ""}, "trace_version", "at least 1 character"),
-        ({"trace_version": "v" * 65}, "trace_version", "at most 64"),
-        ({"meta": {"k": float("nan")}}, "meta", "JSON cannot represent"),
-        ({"meta": {"k": "\x00"}}, "meta", "NUL"),
-        ({"meta": {"k": 2**64}}, "meta", "64-bit"),
-        ({"meta": {"k": {1, 2}}}, "meta", "not a JSON value"),
-        ({"meta": [1]}, "meta", "valid dictionary"),
-        ({"meta": {"blob": "x" * META_MAX_BYTES}}, "meta", "exceeds maximum"),
-    ],
-)
+NOT_JSON = "not a JSON value"
+BAD_FIELD_CASES = [
+    ({"extra_field": 1}, "extra_field", "Extra inputs are not permitted"),
+    ({"prompt": 42}, "prompt", "valid string"),
+    ({"steps": [{"i": "0", "type": "a", "content": "x"}]}, "steps[0].i", "valid integer"),
+    ({"steps": [{"i": -1, "type": "a", "content": "x"}]}, "steps[0].i", "greater than or equal to 0"),
+    ({"steps": []}, "steps", "at least 1 item"),
+    ({"prompt": "a\x00b"}, "prompt", "NUL"),
+    ({"final_answer": "\ud800"}, "final_answer", "lone surrogate"),
+    ({"steps": [{"i": 0, "type": "a", "content": "x\x00"}]}, "steps[0].content", "NUL"),
+    ({"trace_version": ""}, "trace_version", "at least 1 character"),
+    ({"trace_version": "v" * 65}, "trace_version", "at most 64"),
+    ({"meta": {"k": float("nan")}}, "meta", "JSON cannot represent"),
+    ({"meta": {"k": "\x00"}}, "meta", "NUL"),
+    ({"meta": {"k": 2**64}}, "meta", "64-bit"),
+    ({"meta": {"k": {1, 2}}}, "meta", NOT_JSON),
+    ({"meta": [1]}, "meta", "Input should be"),  # "a valid dictionary", or from JSON "an object"
+    ({"meta": {"blob": "x" * META_MAX_BYTES}}, "meta", "exceeds maximum"),
+]
+
+
+@pytest.mark.parametrize(("changes", "path", "fragment"), BAD_FIELD_CASES)
 def test_each_bad_field_is_named_with_a_clear_message(changes: dict[str, Any], path: str, fragment: str) -> None:
     error = rejection([trace(), trace(**changes)])
     assert [(e.trace_index, e.field_path) for e in error.errors] == [(1, path)]
     assert fragment in error.errors[0].message
+
+
+def body_rejection(body: bytes, **limits: int) -> BatchRejected:
+    with pytest.raises(BatchRejected) as caught:
+        validate_body(body, **{**LIMITS, **limits})
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "fragment"),
+    [case for case in BAD_FIELD_CASES if case[2] != NOT_JSON],  # a Python set has no JSON form
+)
+def test_the_worker_names_the_same_bad_field_when_it_validates_the_body_bytes(
+    changes: dict[str, Any], path: str, fragment: str
+) -> None:
+    # The standard encoder writes NaN, escaped NULs and escaped lone surrogates, as a hand-crafted body might.
+    body = json.dumps([trace(), trace(**changes)]).encode()
+    error = body_rejection(body)
+    assert [(e.trace_index, e.field_path) for e in error.errors] == [(1, path)]
+    assert fragment in error.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[]", "at least one"),
+        (b"[" + b",".join([json.dumps(trace()).encode()] * 1001) + b"]", "exceeds maximum"),
+        (b'{"not": "a list"}', "valid array"),
+        (b"[{]", "not valid JSON"),
+        (b'["\xff"]', "not valid UTF-8"),
+    ],
+)
+def test_a_body_that_is_no_batch_is_rejected_with_a_clear_reason(body: bytes, fragment: str) -> None:
+    assert fragment in str(body_rejection(body))
+
+
+def test_an_oversize_body_is_rejected_before_parsing() -> None:
+    assert "exceeds maximum" in str(body_rejection(b"[" + b" " * 20_000 + b"]", max_bytes=10_000))
+
+
+def test_the_body_the_producer_encodes_validates_to_the_same_traces_and_hash() -> None:
+    with (SAMPLE_DATA / "dev-reasoning-v2.jsonl").open(encoding="utf-8") as lines:
+        traces = [json.loads(line) for line in lines]
+    produced = validate_traces(traces, **LIMITS)
+    received = validate_body(produced.body, **LIMITS)
+    assert received.traces == traces and received.content_hash == produced.content_hash
+
+
+def test_a_1000_by_20_mb_batch_is_refused_while_encoding_with_bounded_memory() -> None:
+    huge = trace(prompt="x" * 20_000_000)  # one 20 MB trace, sent 1,000 times: 20 GB of JSON if encoded whole
+    tracemalloc.start()
+    try:
+        error = rejection([huge] * 1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"more than {8 * 1024 * 1024} bytes of JSON exceeds maximum" in str(error)
+    assert peak < 200 * 1024 * 1024, f"validating the oversize batch took {peak / 2**20:.0f} MiB"
 
 
 def test_meta_nested_32_deep_is_accepted_and_33_deep_is_rejected() -> None:
