@@ -66,6 +66,10 @@ async def settle_database(dsn: str) -> None:
         await connection.close()
 
 
+def redis_used_memory(redis: Redis) -> int:
+    return int(redis.info("memory")["used_memory"])
+
+
 def enqueue_rate(batches: list[list[dict[str, Any]]], source: str) -> float:
     """Traces per second one producer enqueues, validation included."""
     started = time.perf_counter()

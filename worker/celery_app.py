@@ -6,17 +6,24 @@ import ssl
 from typing import Any
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from worker.beat import REPROCESS_QUEUE, beat_schedule
 from worker.flower_guard import install as install_flower_guard
 from worker.settings import Settings, get_settings
-from worker.wire import BODY_ENCODING, use_orjson_for_json
+from worker.wire import BODY_ENCODING
 
 
 def _tls_options(url: str) -> dict[str, Any] | None:
     if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
         return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return None
+
+
+def _direct_queue(name: str) -> Queue:
+    """A queue bound as Celery creates one for `-Q name`: its own direct exchange and routing key, so each
+    message lands in exactly one queue (and messages queued by earlier versions keep their route)."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def unacked_mutex_expire_s(settings: Settings) -> int:
@@ -76,6 +83,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
         "worker_max_memory_per_child": settings.worker_max_memory_per_child_kb,
         "result_expires": settings.result_expires_s,
+        # A worker started without -Q consumes both queues, so the usual `celery -A worker worker` ingests.
+        "task_queues": [_direct_queue(settings.ingest_queue), _direct_queue(REPROCESS_QUEUE)],
         "task_default_queue": REPROCESS_QUEUE,
         "task_routes": {"ingest.batch": {"queue": settings.ingest_queue}},
         "task_track_started": False,
@@ -90,7 +99,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-use_orjson_for_json()
 install_flower_guard()
 app = Celery("tunix_ingest", include=["worker.tasks", "worker.redis_policy"])
 app.add_defaults(lambda: celery_config(get_settings()))

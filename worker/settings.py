@@ -65,12 +65,14 @@ def get_settings() -> Settings:
     return Settings()
 
 
-_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<secret>[^@/\s]+)@", re.I)
+# The user info of a URL ends at the *last* `@` before the host: a password may hold `@` and `:` itself.
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<secret>[^/\s]+)@", re.I)
+_PASSWORD_IN_QUERY = re.compile(r"(?P<name>[?&](?:sentinel_)?password=)[^&\s]+", re.I)
 
 
 def redact(text: str) -> str:
-    """`text` with the password of every URL in it replaced by `***`, for logs and error messages."""
-    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>\g<user>:***@", text)
+    """`text` with the password of every URL in it (user info or `password=` query) replaced by `***`."""
+    return _PASSWORD_IN_QUERY.sub(r"\g<name>***", _CREDENTIALS_IN_URL.sub(r"\g<scheme>\g<user>:***@", text))
 
 
 @contextmanager

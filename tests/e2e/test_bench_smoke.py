@@ -11,9 +11,12 @@ def test_bench_reports_every_figure_as_json() -> None:
     done = cli("bench", "--traces", "2000", "--batch-size", "500", "--latency-batches", "10", "--json", timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    for rate in ("drain_rate", "copy_rate", "enqueue_rate"):
+    for rate in ("drain_rate", "copy_rate", "enqueue_rate", "seed_rate"):
         assert figures[rate] > 0
     assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
+    assert figures["seed_speedup"] == figures["drain_rate"] / figures["seed_rate"]
+    assert figures["seed_traces"] == 2000  # the whole (small) run: the cap is 20,000
+    assert 0.5 < figures["redis_memory_ratio"] < 5  # a measured ratio of real memory to real bodies
     assert figures["latency_ms"]["batches"] == 10
     assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
     assert figures["rss_start_mib"] > 0 and figures["rss_end_mib"] > 0
@@ -30,5 +33,7 @@ def test_bench_prints_a_table_for_people() -> None:
         "enqueue rate",
         "p99",
         "worker RSS",
+        "seed pattern",
+        "Redis memory per queued batch",
     ):
         assert label in done.stdout

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery.result import AsyncResult
 from ruamel.yaml import YAML
 
@@ -290,3 +291,18 @@ def test_scheduled_jobs_redrive_failed_batches_and_refresh_derived_fields(
         what="the refresh chunk",
     )
     assert scalar(database_url, "SELECT min(total_chars) FROM trace") > 0
+
+
+def test_the_plain_celery_worker_command_ingests_and_runs_scheduled_jobs(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    plain = ChildProcess("plain worker", celery_command("worker"), tmp_path / "plain.log").start()  # no -Q, no -P
+    try:
+        receipt = enqueue_batch(list(generate_traces(12)), source="plain-worker")
+
+        assert AsyncResult(receipt.task_id, app=app).get(timeout=60)["count"] == 12
+        assert app.send_task("reprocess.sweep").get(timeout=60) == 0  # the default queue is served too
+        assert scalar(database_url, "SELECT count(*) FROM trace") == 12
+        assert redis.Redis.from_url(redis_url).llen("reprocess") == 0  # each message landed in one queue only
+    finally:
+        plain.stop()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import asyncpg
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
@@ -26,10 +29,33 @@ from worker.transient import is_transient
             "rediss://user:***@h:1/0 and postgresql+asyncpg://u:***@db/n",
         ),
         ("redis://h:1/0", "redis://h:1/0"),
+        ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),  # a password holding '@'
+        ("redis://default:p:a@s:s@host/0 ok", "redis://default:***@host/0 ok"),
+        ("rediss://:pw@host:6380/0?ssl_cert_reqs=required", "rediss://:***@host:6380/0?ssl_cert_reqs=required"),
+        ("redis://host:6379/0?password=hunter2&db=1", "redis://host:6379/0?password=***&db=1"),
+        ("unix://user@/run/redis.sock?db=0&password=hunter2", "unix://user@/run/redis.sock?db=0&password=***"),
+        ("redis://u:a%40b@h/0, redis://:c@h2/1", "redis://u:***@h/0, redis://:***@h2/1"),
+        ("no url here: user@example.com", "no url here: user@example.com"),
     ],
 )
 def test_redact_hides_every_password_in_urls(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def test_importing_worker_leaves_other_celery_apps_json_as_it_was() -> None:
+    from celery import Celery
+    from kombu.serialization import dumps, loads
+    from kombu.transport import redis as kombu_redis
+    from kombu.utils import json as kombu_json
+
+    import worker  # noqa: F401  the import under test
+
+    other_app = Celery("someone-else", broker="memory://")
+    when = datetime(2026, 12, 1, 12, 30, tzinfo=UTC)
+    content_type, encoding, body = dumps({"when": when, "id": uuid.UUID(int=7)}, serializer="json")
+    assert loads(body, content_type, encoding) == {"when": when, "id": uuid.UUID(int=7)}
+    assert kombu_redis.dumps is kombu_json.dumps and kombu_redis.loads is kombu_json.loads  # type: ignore[attr-defined]
+    assert other_app.conf.task_serializer == "json"
 
 
 def test_secrets_never_print_with_the_settings() -> None:

@@ -14,16 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
+from redis import Redis
 
 from worker.bench_copy import copy_ceiling
 from worker.bench_drain import (
     enqueue_rate,
     latency_ms,
+    redis_used_memory,
     rss_mib,
     settle_database,
     start_workers,
     wait_until_published,
 )
+from worker.bench_seed import seed_pattern_rate
 from worker.celery_app import app
 from worker.local_stack import PostgresServer, RedisServer
 from worker.migrate import upgrade_to_head
@@ -32,6 +36,8 @@ from worker.settings import environment, get_settings
 
 #: Words of filler per generated trace: about 2.8 KB of JSON, the size the performance targets assume.
 BENCH_PADDING = 170
+#: Traces the seed pattern stores: enough for a steady rate, few enough that its slowness does not dominate.
+SEED_PATTERN_TRACES = 20_000
 
 
 def _chunks(traces: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -56,7 +62,13 @@ def _measure(
         "pool": pool,
         "trace_bytes": round(sum(len(json.dumps(t)) for t in traces[:100]) / 100),
     }
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    memory_before = redis_used_memory(redis)
     figures["enqueue_rate"] = enqueue_rate(batches, source="bench")
+    # The whole backlog is queued now and no worker runs: what Redis holds per batch over the batch's body.
+    bodies = sum(len(orjson.dumps(batch, option=orjson.OPT_SORT_KEYS)) for batch in batches)
+    figures["redis_memory_ratio"] = (redis_used_memory(redis) - memory_before) / bodies
+    redis.close()
     nodes = start_workers(work_dir / "logs", processes, pool)
     try:
         figures["rss_start_mib"] = rss_mib(nodes)
@@ -75,6 +87,12 @@ def _measure(
             node.stop()
     figures["copy_rate"] = asyncio.run(copy_ceiling(dsn, batches, connections=processes))
     figures["ratio"] = figures["drain_rate"] / figures["copy_rate"]
+    seed_batches = batches[: max(1, SEED_PATTERN_TRACES // batch_size)]
+    figures["seed_traces"] = sum(len(batch) for batch in seed_batches)
+    figures["seed_rate"] = asyncio.run(
+        seed_pattern_rate(settings.database_url.get_secret_value(), seed_batches, connections=processes)
+    )
+    figures["seed_speedup"] = figures["drain_rate"] / figures["seed_rate"]
     figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     return figures
 
@@ -87,12 +105,17 @@ def _table(f: dict[str, Any]) -> str:
         ("drain rate (queue -> committed+published)", f"{f['drain_rate']:,.0f} traces/s ({f['drain_seconds']:.1f} s)"),
         (f"raw COPY ceiling ({f['processes']} connections)", f"{f['copy_rate']:,.0f} traces/s"),
         ("drain / COPY ratio", f"{f['ratio']:.2f}"),
+        (
+            f"seed pattern (ORM add_all, {f['processes']} sessions)",
+            f"{f['seed_rate']:,.0f} traces/s on {f['seed_traces']:,} of them; drain is {f['seed_speedup']:.1f}x",
+        ),
         ("enqueue rate (1 producer, validated)", f"{f['enqueue_rate']:,.0f} traces/s"),
         (
             "latency enqueue->published at half load",
             f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms ({latency['batches']} batches of 100)",
         ),
         ("worker RSS start -> end", f"{f['rss_start_mib']:.0f} MiB -> {f['rss_end_mib']:.0f} MiB"),
+        ("Redis memory per queued batch / its body", f"{f['redis_memory_ratio']:.2f}"),
         ("machine", f["machine"]),
     ]
     width = max(len(name) for name, _ in rows)
@@ -119,7 +142,8 @@ def _table(f: dict[str, Any]) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, as_json: bool) -> None:
-    """Measure drain rate against the raw COPY ceiling, enqueue rate, latency and worker RSS.
+    """Measure drain rate against the raw COPY ceiling and the seed pattern, enqueue rate, latency, worker RSS
+    and Redis memory per queued batch.
 
     Runs on its own throwaway PostgreSQL and Redis (fsync off for both paths alike) and removes them after.
     """
