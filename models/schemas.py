@@ -38,33 +38,53 @@ def _storable(text: str) -> str:
 _TOO_DEEP = f"nesting is deeper than {META_MAX_DEPTH} levels"
 
 
-def _meta_problem(value: Any, depth: int, check_text: bool) -> tuple[str, str] | None:
-    """(where below `value`, what) of the first problem, or None. Paths are built only when something is wrong."""
-    if depth > META_MAX_DEPTH:
-        return "", _TOO_DEEP
-    if isinstance(value, str):
+def _scalar_problem(value: Any, check_text: bool) -> tuple[str, str] | None:
+    """The problem of a JSON scalar, None when it has none, or `_NOT_SCALAR`."""
+    kind = type(value)
+    if kind is str:
         problem = storable_text_problem(value) if check_text else None
         return ("", problem) if problem else None
-    if isinstance(value, bool) or value is None:
+    if kind is bool or value is None:
         return None
-    if isinstance(value, int):
+    if kind is int:
         return None if -(2**63) <= value < 2**63 else ("", "is an integer outside the 64-bit range")
-    if isinstance(value, float):
+    if kind is float:
         return None if math.isfinite(value) else ("", f"is {value}, which JSON cannot represent")
+    return _NOT_SCALAR
+
+
+_NOT_SCALAR = ("", "")
+
+
+def _meta_problem(value: Any, depth: int, check_text: bool) -> tuple[str, str] | None:
+    """(where below `value`, what) of the first problem, or None. Paths are built only when something is wrong.
+    Depth counts containers: the top-level object is depth 1, and a scalar adds none. Exact JSON scalars take
+    the fast path (most meta is a flat object of them); subclasses the general one."""
+    if depth > META_MAX_DEPTH:
+        return "", _TOO_DEEP
+    if (found := _scalar_problem(value, check_text)) is not _NOT_SCALAR:
+        return found
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 return "", f"has a non-string key {key!r}"
             if check_text and (problem := storable_text_problem(key)):
                 return "", f"has a key {key!r} that {problem}"
-            if found := _meta_problem(item, depth + 1, check_text):
+            if (found := _scalar_problem(item, check_text)) is _NOT_SCALAR:
+                found = _meta_problem(item, depth + 1, check_text)
+            if found:
                 return f".{key}{found[0]}", found[1]
         return None
     if isinstance(value, list):
         for index, item in enumerate(value):
-            if found := _meta_problem(item, depth + 1, check_text):
+            if (found := _scalar_problem(item, check_text)) is _NOT_SCALAR:
+                found = _meta_problem(item, depth + 1, check_text)
+            if found:
                 return f"[{index}]{found[0]}", found[1]
         return None
+    for base in (str, int, float):  # subclasses of the JSON scalars (an exact bool never gets here)
+        if isinstance(value, base):
+            return _scalar_problem(base(value), check_text)
     return "", f"holds a {type(value).__name__}, which is not a JSON value"
 
 

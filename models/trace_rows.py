@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import orjson
-
 from models import derived as derivation
 
 #: Columns the ingest path writes; `id` and `created_at` come from the database's defaults.
@@ -31,8 +29,8 @@ def trace_records(batch_id: UUID, traces: list[dict[str, Any]]) -> list[tuple[An
     records = []
     version = derivation.DERIVATION_VERSION
     for position, trace in enumerate(traces):
-        derived = derivation.derive(trace)
-        meta = trace.get("meta")
+        columns = derivation.json_columns(trace)
+        derived = derivation.derive(trace, columns)
         records.append(
             (
                 batch_id,
@@ -40,8 +38,8 @@ def trace_records(batch_id: UUID, traces: list[dict[str, Any]]) -> list[tuple[An
                 trace["trace_version"],
                 trace["prompt"],
                 trace["final_answer"],
-                orjson.dumps(trace["steps"]).decode(),
-                None if meta is None else orjson.dumps(meta).decode(),
+                columns.steps.decode(),
+                None if columns.meta is None else columns.meta.decode(),
                 derived.step_count,
                 derived.total_chars,
                 derived.content_hash,

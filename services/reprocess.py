@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import ARRAY, BigInteger, Integer, Text, bindparam, func, select, text
@@ -125,16 +125,25 @@ _UPDATE_DERIVED = text(
 )
 
 
-async def refresh_stale_derived_chunk(session: AsyncSession, *, chunk_size: int) -> int:
-    """Recompute derived fields of up to `chunk_size` rows older than DERIVATION_VERSION. Commits.
+class RefreshedChunk(NamedTuple):
+    """What one chunk of the derived-field refresh did: rows refreshed, and the id to continue after (None:
+    no stale row is left after the chunk's start)."""
 
-    Rows are locked with SKIP LOCKED, so chunks running side by side never take the same rows and ingest
-    (which only inserts) is never blocked. Returns how many rows were refreshed.
+    refreshed: int
+    next_after_id: int | None
+
+
+async def refresh_stale_derived_chunk(session: AsyncSession, *, chunk_size: int, after_id: int = 0) -> RefreshedChunk:
+    """Recompute derived fields of up to `chunk_size` stale rows with ids above `after_id`, in id order. Commits.
+
+    Keyset paging: each chunk starts where the last one ended, on the primary key, so a refresh of N rows costs
+    O(N) in all (re-scanning from the start, and sorting all stale rows for every chunk, was quadratic). Rows are
+    locked with SKIP LOCKED, so ingest (which only inserts) is never blocked.
     """
     rows = (
         await session.execute(
             select(Trace.id, Trace.trace_version, Trace.prompt, Trace.final_answer, Trace.steps, Trace.meta)
-            .where(Trace.derivation_version < derivation.DERIVATION_VERSION)
+            .where(Trace.id > after_id, Trace.derivation_version < derivation.DERIVATION_VERSION)
             .order_by(Trace.id)
             .limit(chunk_size)
             .with_for_update(skip_locked=True)
@@ -142,7 +151,7 @@ async def refresh_stale_derived_chunk(session: AsyncSession, *, chunk_size: int)
     ).all()
     if not rows:
         await session.rollback()
-        return 0
+        return RefreshedChunk(0, None)
     derived = [derivation.derive(row._asdict()) for row in rows]
     await session.execute(
         _UPDATE_DERIVED,
@@ -155,4 +164,4 @@ async def refresh_stale_derived_chunk(session: AsyncSession, *, chunk_size: int)
         },
     )
     await session.commit()
-    return len(rows)
+    return RefreshedChunk(len(rows), rows[-1].id if len(rows) == chunk_size else None)

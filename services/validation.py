@@ -80,36 +80,34 @@ def _too_big(size: str, max_bytes: int) -> BatchRejected:
     return BatchRejected([TraceError(None, "traces", f"{size} bytes of JSON exceeds maximum of {max_bytes} per batch")])
 
 
-def _least_json_size(trace: object) -> int:
-    """A lower bound of a trace's JSON size, without encoding it: the length of its long strings."""
-    if not isinstance(trace, dict):
+def _least_json_size(trace: Any) -> int:
+    """A lower bound of a trace's JSON size, without encoding it: the length of its long strings (0 for a
+    malformed trace, which validation then names)."""
+    try:
+        return len(trace["prompt"]) + len(trace["final_answer"]) + sum([len(s["content"]) for s in trace["steps"]])
+    except (TypeError, KeyError, IndexError):
         return 0
-    texts = [trace.get("prompt"), trace.get("final_answer")]
-    steps = trace.get("steps")
-    if isinstance(steps, list):
-        texts += [step.get("content") for step in steps if isinstance(step, dict)]
-    return sum(len(text) for text in texts if isinstance(text, str))
 
 
 def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
-    """The batch body, or None when some trace cannot be encoded (validation then names it). Encodes trace by
-    trace and stops as soon as the size passes `max_bytes`, before encoding a trace whose strings alone pass
-    it (the encoder reserves several times a string's length), so an oversize batch never costs much more
-    memory than the limit (PRODUCT.md §8.11)."""
-    parts: list[bytes] = []
-    size = 1  # the brackets, less the comma the first trace does not need
+    """The batch body, or None when some trace cannot be encoded (validation then names it).
+
+    Refuses an oversize batch before encoding it when its long strings alone pass `max_bytes` (the encoder
+    reserves several times a string's length, so encoding first could cost gigabytes: PRODUCT.md §8.11), and
+    otherwise after one encoding of the whole list (per-trace encoding costs ~5x more).
+    """
+    least = 1
     for trace in traces:
-        if size + _least_json_size(trace) > max_bytes:
+        least += _least_json_size(trace) + 1
+        if least > max_bytes:
             raise _too_big(f"more than {max_bytes}", max_bytes)
-        try:
-            part = orjson.dumps(trace, option=orjson.OPT_SORT_KEYS, default=_encode_model)
-        except (TypeError, orjson.JSONEncodeError):
-            return None
-        size += len(part) + 1
-        if size > max_bytes:
-            raise _too_big(f"more than {max_bytes}", max_bytes)
-        parts.append(part)
-    return b"[" + b",".join(parts) + b"]"
+    try:
+        body = orjson.dumps(traces, option=orjson.OPT_SORT_KEYS, default=_encode_model)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if len(body) > max_bytes:
+        raise _too_big(str(len(body)), max_bytes)
+    return body
 
 
 def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int) -> ValidatedBatch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import subprocess
 import time
@@ -30,12 +31,32 @@ def start_workers(log_dir: Path, processes: int, pool: str) -> list[ChildProcess
     return nodes
 
 
+def _children(pids: list[int]) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", ",".join(map(str, pids))], capture_output=True, text=True).stdout
+    return [int(child) for child in found.split()]
+
+
+def cpu_seconds(pids: list[int], *, with_children: bool = True) -> float:
+    """User + system CPU seconds of these processes (and their live children) so far, from /proc."""
+    ticks = 0
+    for pid in pids + (_children(pids) if with_children else []):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pids(nodes: list[ChildProcess]) -> list[int]:
+    return [node.process.pid for node in nodes if node.process]
+
+
 def rss_mib(nodes: list[ChildProcess]) -> float:
     """Resident memory of every worker process (main processes and pool children), in MiB."""
-    pids = [node.process.pid for node in nodes if node.process]
-    children = subprocess.run(["pgrep", "-P", ",".join(map(str, pids))], capture_output=True, text=True).stdout
+    pids = worker_pids(nodes)
     total_kb = 0
-    for pid in pids + [int(child) for child in children.split()]:
+    for pid in pids + _children(pids):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:
@@ -64,6 +85,16 @@ async def settle_database(dsn: str) -> None:
         await connection.execute("VACUUM ANALYZE batch, trace")
     finally:
         await connection.close()
+
+
+def small_batch_rate(dsn: str, batches: list[list[dict[str, Any]]], *, already_published: int) -> float:
+    """Traces per second the running workers drain in these (small) batches: all are enqueued at once, faster
+    than they drain, so the figure is the workers' rate, not the producer's."""
+    started = time.perf_counter()
+    for batch in batches:
+        enqueue_batch(batch, source="bench-small")
+    asyncio.run(asyncio.wait_for(wait_until_published(dsn, already_published + len(batches)), 600))
+    return sum(len(batch) for batch in batches) / (time.perf_counter() - started)
 
 
 def redis_used_memory(redis: Redis) -> int:

@@ -1,12 +1,15 @@
-"""Reading traces from JSONL, with a clear reason and line number for every line that is not a JSON object."""
+"""Traces from JSONL: a clear reason and line number for every bad line, and enqueueing the good ones."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import orjson
+
+from services.errors import BatchRejected
+from worker.enqueue import BatchReceipt, enqueue_batch
 
 
 class JsonlLine(NamedTuple):
@@ -43,3 +46,60 @@ def read_jsonl(lines: Iterable[bytes]) -> Iterator[JsonlLine]:
             yield JsonlLine(number, None, f"a trace must be a JSON object, not {type(value).__name__}")
             continue
         yield JsonlLine(number, value, None)
+
+
+class JsonlOutcome(NamedTuple):
+    """What enqueueing a JSONL file did: receipts of the batches sent, and every problem by line number."""
+
+    receipts: list[BatchReceipt]
+    #: (line number, "line N: field: reason"), in line order; a line may have several problems.
+    problems: list[tuple[int, str]]
+    lines: int
+
+    @property
+    def invalid_lines(self) -> int:
+        return len({number for number, _ in self.problems})
+
+    @property
+    def traces_enqueued(self) -> int:
+        return sum(receipt.trace_count for receipt in self.receipts)
+
+
+def _enqueue_chunk(chunk: list[JsonlLine], source: str, problems: list[tuple[int, str]]) -> list[BatchReceipt]:
+    """Enqueue the valid traces of `chunk`; note each invalid one by line number and leave it out.
+    A chunk over the byte limit is split in halves; a single trace over it is reported as its line."""
+    while chunk:
+        try:
+            return [enqueue_batch([line.value for line in chunk], source=source)]
+        except BatchRejected as rejected:
+            per_trace = [error for error in rejected.errors if error.trace_index is not None]
+            if not per_trace:  # the batch as a whole is too big
+                if len(chunk) == 1:
+                    problems.append((chunk[0].number, f"line {chunk[0].number}: {rejected.errors[0].message}"))
+                    return []
+                half = len(chunk) // 2
+                return _enqueue_chunk(chunk[:half], source, problems) + _enqueue_chunk(chunk[half:], source, problems)
+            for error in per_trace:
+                number = chunk[error.trace_index].number  # type: ignore[index]
+                problems.append((number, f"line {number}: {error.field_path}: {error.message}"))
+            invalid = {error.trace_index for error in per_trace}
+            chunk = [line for index, line in enumerate(chunk) if index not in invalid]
+    return []
+
+
+def enqueue_jsonl(
+    lines: list[JsonlLine],
+    *,
+    source: str,
+    batch_size: int,
+    progress: Callable[[list[list[JsonlLine]]], Iterable[list[JsonlLine]]] = iter,
+) -> JsonlOutcome:
+    """Enqueue every valid line in batches of `batch_size`; every invalid line is reported and left out, and
+    nothing valid is lost because of it (`tunix-ingest enqueue` and `run --file` share this)."""
+    problems = [(line.number, f"line {line.number}: {line.problem}") for line in lines if line.problem]
+    good = [line for line in lines if line.value is not None]
+    chunks = [good[start : start + batch_size] for start in range(0, len(good), batch_size)]
+    receipts: list[BatchReceipt] = []
+    for chunk in progress(chunks):
+        receipts += _enqueue_chunk(chunk, source, problems)
+    return JsonlOutcome(receipts, sorted(problems, key=lambda problem: problem[0]), len(lines))

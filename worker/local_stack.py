@@ -91,6 +91,10 @@ class PostgresServer:
             log = (self.directory / "postgres.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"PostgreSQL did not start: {started.stderr.decode(errors='replace')}\n{log}")
 
+    def pid(self) -> int:
+        """The postmaster's process id (its backends are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def stop(self, mode: str = "fast") -> None:
         self._pg_ctl("-m", mode, "-w", "stop")
 
@@ -160,6 +164,10 @@ class RedisServer:
                 pass
             time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+
+    def pid(self) -> int:
+        assert self.process is not None, "the server is not running"
+        return self.process.pid
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

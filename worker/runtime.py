@@ -7,12 +7,9 @@ on first use (keyed by PID, so nothing inherited across a fork is ever reused). 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import os
-import sys
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from celery import signals
 from redis.asyncio import Redis
@@ -20,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.delivery import Limits
 from worker.events import RedisStreamPublisher
+from worker.heap import keep_freed_memory_for_reuse
 from worker.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -53,9 +51,9 @@ class Runtime:
         """A new session for exactly one unit of work; the caller closes it (`async with`)."""
         return self.sessions()
 
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run `coroutine` to completion on this process's loop (never `asyncio.run`: the engine lives here)."""
-        return self.loop.run_until_complete(coroutine)
+    def run(self, work: Awaitable[T]) -> T:
+        """Run `work` to completion on this process's loop (never `asyncio.run`: the engine lives here)."""
+        return self.loop.run_until_complete(work)
 
     async def _close(self) -> None:
         await self.engine.dispose()
@@ -74,6 +72,7 @@ def current_runtime() -> Runtime:
     """This process's runtime, started on first use in a process that has none yet (solo pool, tests)."""
     global _current
     if _current is None or _current.pid != os.getpid():
+        keep_freed_memory_for_reuse()
         _current = Runtime(get_settings())
     return _current
 
@@ -92,24 +91,6 @@ def stop_runtime() -> None:
     if _current is not None and _current.pid == os.getpid():
         _current.close()
     _current = None
-
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
-#: Tasks between heap trims: trimming after every batch costs ~10 % throughput (the next batch faults its
-#: pages back in); every 8th keeps RSS flat for about 1 %.
-TRIM_EVERY_TASKS = 8
-_tasks_since_trim = 0
-
-
-@signals.task_postrun.connect
-def _return_freed_memory(**_: object) -> None:
-    """A batch decodes into tens of MB of short-lived objects that glibc keeps after they are freed; hand them
-    back to the OS now and then so a long-running worker's RSS stays near its idle size (glibc only)."""
-    global _tasks_since_trim
-    _tasks_since_trim += 1
-    if _LIBC is not None and _tasks_since_trim >= TRIM_EVERY_TASKS:
-        _LIBC.malloc_trim(0)
-        _tasks_since_trim = 0
 
 
 @signals.worker_process_init.connect

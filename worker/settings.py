@@ -23,9 +23,12 @@ class Settings(BaseSettings):
     ingest_queue: str = "ingest"
     ingest_max_batch: int = Field(1000, ge=1, le=10_000)
     ingest_max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    ingest_max_queue_depth: int = Field(10_000, ge=1)
+    #: Batches waiting before producers get `QueueFull`; with the body sizes it bounds Redis's backlog memory
+    #: (docs/operations.md, "Redis memory").
+    ingest_max_queue_depth: int = Field(1_000, ge=1)
     ingest_events_stream: str = "traces:ingested"
-    ingest_events_maxlen: int = Field(1_000_000, ge=1)
+    #: Approximate cap of the event stream: ~9 KB per 1,000-trace event, so ~0.9 GB at most by default.
+    ingest_events_maxlen: int = Field(100_000, ge=1)
     #: How long a producer's batch id is remembered for conflict detection at enqueue time.
     ingest_batch_key_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
@@ -50,6 +53,8 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(30, gt=0)
     redrive_interval_s: float = Field(300, gt=0)
     refresh_interval_s: float = Field(600, gt=0)
+    #: Rows per derived-field refresh task: one transaction and a few MB of memory each.
+    refresh_chunk_size: int = Field(2000, ge=1)
     result_expires_s: int = Field(6 * 3600, ge=60)
     worker_max_tasks_per_child: int = Field(1000, ge=1)
     worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)

@@ -16,8 +16,8 @@ from models.schemas import IngestResult
 from models.tables import BatchState
 from services.delivery import ingest_message, is_claim_check, park_failed_message
 from services.reprocess import (
+    RefreshedChunk,
     batches_on_record,
-    count_stale_traces,
     find_failed_batches,
     publish_unpublished_batches,
     redrive_batch,
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 #: How long a batch's delivery counter lives: far beyond the longest retry chain.
 DELIVERY_COUNTER_TTL_S = 24 * 3600
-#: Rows per derived-field refresh task: one transaction and a few MB of memory each.
-REFRESH_CHUNK_SIZE = 2000
 
 
 async def _start(runtime: Runtime, message: dict[str, Any]) -> custody.Delivery:
@@ -188,28 +186,39 @@ def redrive_failed() -> int:
     return runtime.run(_redrive_failed(runtime))
 
 
-async def _count_stale(runtime: Runtime) -> int:
+#: While a refresh chain runs, this key names it; a second chain (the next beat tick) does not start.
+REFRESH_LOCK_KEY = "ingest:refresh:running"
+
+
+async def _refresh_chunk(runtime: Runtime, after_id: int) -> RefreshedChunk:
     async with runtime.session() as session:
-        return await count_stale_traces(session)
+        return await refresh_stale_derived_chunk(
+            session, chunk_size=runtime.settings.refresh_chunk_size, after_id=after_id
+        )
 
 
 @app.task(name="reprocess.refresh_derived")
-def refresh_derived() -> int:
-    """Fan out one `reprocess.refresh_derived_chunk` task per chunk of rows with stale derived fields."""
+def refresh_derived() -> bool:
+    """Start a refresh of stale derived fields unless one is running: a chain of chunk tasks, one at a time, so
+    the `reprocess` queue never holds more than one of them ahead of the sweep and the lost-batch re-send."""
     runtime = current_runtime()
-    chunks = -(-runtime.run(_count_stale(runtime)) // REFRESH_CHUNK_SIZE)
-    for _ in range(chunks):
-        refresh_derived_chunk.delay()
-    return chunks
-
-
-async def _refresh_chunk(runtime: Runtime) -> int:
-    async with runtime.session() as session:
-        return await refresh_stale_derived_chunk(session, chunk_size=REFRESH_CHUNK_SIZE)
+    lock_s = runtime.settings.task_time_limit_s * 2
+    if not runtime.run(runtime.redis.set(REFRESH_LOCK_KEY, "0", nx=True, ex=lock_s)):
+        return False
+    refresh_derived_chunk.delay(0)
+    return True
 
 
 @app.task(name="reprocess.refresh_derived_chunk")
-def refresh_derived_chunk() -> int:
-    """Recompute one chunk of stale derived fields in one transaction; never blocks ingest."""
+def refresh_derived_chunk(after_id: int) -> int:
+    """Recompute one chunk of stale derived fields in one transaction, then hand the rest to the next task."""
     runtime = current_runtime()
-    return runtime.run(_refresh_chunk(runtime))
+    chunk = runtime.run(_refresh_chunk(runtime, int(after_id)))
+    if chunk.next_after_id is None:
+        runtime.run(runtime.redis.delete(REFRESH_LOCK_KEY))
+    else:
+        runtime.run(
+            runtime.redis.set(REFRESH_LOCK_KEY, str(chunk.next_after_id), ex=runtime.settings.task_time_limit_s * 2)
+        )
+        refresh_derived_chunk.delay(chunk.next_after_id)
+    return chunk.refreshed

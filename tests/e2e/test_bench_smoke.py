@@ -11,7 +11,7 @@ def test_bench_reports_every_figure_as_json() -> None:
     done = cli("bench", "--traces", "2000", "--batch-size", "500", "--latency-batches", "10", "--json", timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    for rate in ("drain_rate", "copy_rate", "enqueue_rate", "seed_rate"):
+    for rate in ("drain_rate", "copy_rate", "enqueue_rate", "seed_rate", "small_batch_rate"):
         assert figures[rate] > 0
     assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
     assert figures["seed_speedup"] == figures["drain_rate"] / figures["seed_rate"]
@@ -32,6 +32,7 @@ def test_bench_prints_a_table_for_people() -> None:
         "drain / COPY ratio",
         "enqueue rate",
         "p99",
+        "drain rate in 100-trace batches",
         "worker RSS",
         "seed pattern",
         "Redis memory per queued batch",

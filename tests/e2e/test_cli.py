@@ -46,6 +46,7 @@ def bad_input_corpus() -> tuple[bytes, dict[int, str], int]:
         (b'{"prompt": "caf\xe9"}', "not valid UTF-8"),
         (line({k: v for k, v in good[1].items() if k != "final_answer"}), "final_answer: Field required"),
         (line({**good[1], "answer": "typo"}), "answer: Extra inputs are not permitted"),
+        (line({**good[1], "prompt": "", "final_answer": ""}), "prompt: String should have at least 1 character"),
         (line({**good[1], "prompt": 7}), "prompt: Input should be a valid string"),
         (line({**good[1], "steps": [{"i": 0, "type": "a", "content": "x"}] * 2}), "duplicate step index"),
         (line({**good[1], "steps": [{"i": -3, "type": "a", "content": "x"}]}), "steps[0].i: Input should be greater"),
@@ -75,13 +76,35 @@ def test_enqueue_reports_every_bad_line_by_number_and_stores_every_good_one(
     done = cli("enqueue", str(corpus), "--wait", "--batch-size", "4", "--source", "corpus")
 
     assert done.returncode == 1
-    assert f"{len(expected)} of {len(expected) + valid} lines were invalid" in done.stderr
+    # Lines are counted, problems listed: one line has two (an empty prompt and an empty answer).
+    assert (
+        f"{len(expected)} of {len(expected) + valid} lines were invalid and not enqueued ({len(expected) + 1} problems)"
+        in done.stderr
+    )
     for number, reason in expected.items():
         reported = [text for text in done.stderr.splitlines() if text.startswith(f"line {number}:")]
-        assert reported and reason in reported[0], (number, reason, done.stderr)
+        assert any(reason in text for text in reported), (number, reason, done.stderr)
     assert f"stored {valid} traces" in done.stdout
     assert scalar(database_url, "SELECT count(*) FROM trace") == valid
     assert "Traceback" not in done.stderr
+
+
+def test_run_with_a_file_reports_bad_lines_like_enqueue_and_stores_every_good_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    body, expected, valid = bad_input_corpus()
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(body)
+
+    done = cli("run", "--file", str(corpus), "--exit-after-ingest", "--state-dir", str(tmp_path / "state"))
+
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    for number, reason in expected.items():
+        reported = [text for text in done.stderr.splitlines() if text.startswith(f"line {number}:")]
+        assert any(reason in text for text in reported), (number, reason, done.stderr)
+    assert f"stored {valid} traces" in done.stdout and "stopped; nothing left running" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {len(expected)} of {len(expected) + valid} lines")
+    assert scalar(database_url, "SELECT count(*) FROM trace") == valid
 
 
 def test_enqueue_splits_batches_over_the_byte_limit_and_reads_stdin(

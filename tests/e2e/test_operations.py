@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 
 from services.validation import validate_traces
 from tests.db import published_batches, query, scalar
-from tests.e2e.conftest import StartWorker
+from tests.e2e.conftest import StartBeat, StartWorker
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from worker import app, enqueue_batch
@@ -284,7 +284,7 @@ def test_scheduled_jobs_redrive_failed_batches_and_refresh_derived_fields(
     assert scalar(database_url, "SELECT redrives FROM batch") == 1
 
     query(database_url, "UPDATE trace SET derivation_version = 0, total_chars = -1")  # as a version bump would
-    assert app.send_task("reprocess.refresh_derived", queue="reprocess").get(timeout=60) == 1
+    assert app.send_task("reprocess.refresh_derived", queue="reprocess").get(timeout=60) is True
     wait_for(
         lambda: scalar(database_url, "SELECT count(*) FROM trace WHERE derivation_version = 0") == 0,
         timeout=30,
@@ -306,3 +306,35 @@ def test_the_plain_celery_worker_command_ingests_and_runs_scheduled_jobs(
         assert redis.Redis.from_url(redis_url).llen("reprocess") == 0  # each message landed in one queue only
     finally:
         plain.stop()
+
+
+def test_the_outbox_sweep_stays_on_time_while_a_large_refresh_runs(
+    start_worker: StartWorker, start_beat: StartBeat, database_url: str, redis_url: str
+) -> None:
+    generated = list(generate_traces(40_000, padding=0))
+    receipts = [enqueue_batch(generated[start : start + 1000], source="refresh") for start in range(0, 40_000, 1000)]
+    schedule = {"SWEEP_INTERVAL_S": "1", "REFRESH_INTERVAL_S": "1", "REFRESH_CHUNK_SIZE": "200", "SWEEP_GRACE_S": "0"}
+    start_worker("refresher", env=schedule)
+    wait_for(lambda: published_batches(database_url) == len(receipts), timeout=120, what="the batches stored")
+    query(database_url, "UPDATE trace SET derivation_version = 0")  # as a version bump would: 40,000 stale rows
+    owed = receipts[0].batch_id
+    query(database_url, "UPDATE batch SET published_at = NULL WHERE id = :id", id=owed)  # the sweep owes its event
+
+    start_beat(schedule)
+    client = redis.Redis.from_url(redis_url)
+    deepest = 0
+
+    def published_while_refreshing() -> bool:
+        nonlocal deepest
+        deepest = max(deepest, client.llen("reprocess"))
+        return bool(scalar(database_url, "SELECT published_at IS NOT NULL FROM batch WHERE id = :id", id=owed))
+
+    wait_for(published_while_refreshing, timeout=20, interval=0.05, what="the sweep to publish the owed batch")
+    assert scalar(database_url, "SELECT count(*) FROM trace WHERE derivation_version = 0") > 0, "refresh too quick"
+    wait_for(
+        lambda: scalar(database_url, "SELECT count(*) FROM trace WHERE derivation_version = 0") == 0,
+        timeout=120,
+        what="the refresh to finish",
+    )
+    assert deepest <= 3, f"the reprocess queue held {deepest} tasks: refresh chunks crowd out the sweep"
+    assert client.exists("ingest:refresh:running") == 0

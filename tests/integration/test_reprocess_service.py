@@ -151,18 +151,20 @@ async def test_version_bump_refreshes_exactly_the_stale_rows_chunk_by_chunk(
     old_batch = await store(250, seed=1)
     original_derive = derived.derive
     monkeypatch.setattr(derived, "DERIVATION_VERSION", derived.DERIVATION_VERSION + 1)
-    monkeypatch.setattr(derived, "derive", lambda t: original_derive(t)._replace(total_chars=-1))
+    monkeypatch.setattr(derived, "derive", lambda *a: original_derive(*a)._replace(total_chars=-1))
     new_batch = await store(40, seed=2)  # stored under the new version: not stale
 
     async with sessions() as session:
         assert await count_stale_traces(session) == 250
-    chunks = []
+    chunks, after_id = [], 0
     while True:
         async with sessions() as session:  # one session per chunk, as one task per chunk would
-            refreshed = await refresh_stale_derived_chunk(session, chunk_size=100)
-        if not refreshed:
+            chunk = await refresh_stale_derived_chunk(session, chunk_size=100, after_id=after_id)
+        chunks.append(chunk.refreshed)
+        if chunk.next_after_id is None:
             break
-        chunks.append(refreshed)
+        assert chunk.next_after_id > after_id  # keyset: each chunk starts where the last one ended
+        after_id = chunk.next_after_id
 
     assert chunks == [100, 100, 50]
     async with sessions() as session:

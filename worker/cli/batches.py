@@ -4,42 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from typing import BinaryIO
 from uuid import UUID
 
 import click
 
-from services.errors import BatchRejected
 from services.reports import get_batch_status
 from services.reprocess import find_failed_batches, redrive_batch
 from worker.cli.common import ExpectedFailure, expected_failures, json_ready
-from worker.enqueue import BatchReceipt, enqueue_batch, resend_message_async, wait_for_outcomes
-from worker.jsonl import JsonlLine, read_jsonl
+from worker.enqueue import resend_message_async, wait_for_outcomes
+from worker.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, read_jsonl
 from worker.oneshot import with_session
 from worker.settings import get_settings
 
 
-def _enqueue_chunk(chunk: list[JsonlLine], source: str, bad: list[str]) -> list[BatchReceipt]:
-    """Enqueue the valid traces of `chunk`; report each invalid one by line number and leave it out.
-    A chunk over the byte limit is split in halves; a single trace over it is reported as its line."""
-    while chunk:
-        try:
-            return [enqueue_batch([line.value for line in chunk], source=source)]
-        except BatchRejected as rejected:
-            per_trace = [error for error in rejected.errors if error.trace_index is not None]
-            if not per_trace:  # the batch as a whole is too big
-                if len(chunk) == 1:
-                    bad.append(f"line {chunk[0].number}: {rejected.errors[0].message}")
-                    return []
-                half = len(chunk) // 2
-                return _enqueue_chunk(chunk[:half], source, bad) + _enqueue_chunk(chunk[half:], source, bad)
-            invalid = {error.trace_index for error in per_trace}
-            bad.extend(
-                f"line {chunk[e.trace_index].number}: {e.field_path}: {e.message}"  # type: ignore[index]
-                for e in per_trace
-            )
-            chunk = [line for index, line in enumerate(chunk) if index not in invalid]
-    return []
+def invalid_lines_summary(outcome: JsonlOutcome) -> str:
+    problems = len(outcome.problems)
+    detail = f" ({problems} problems)" if problems != outcome.invalid_lines else ""
+    return f"{outcome.invalid_lines} of {outcome.lines} lines were invalid and not enqueued{detail}"
 
 
 @click.command()
@@ -55,26 +38,28 @@ def enqueue(file: BinaryIO, source: str, batch_size: int, wait: bool, timeout: f
     Invalid lines are reported with their line number and left out; every valid line is enqueued.
     Exits 1 if any line was invalid.
     """
-    limit = min(batch_size, get_settings().ingest_max_batch)
     lines = list(read_jsonl(file))
-    bad = [f"line {line.number}: {line.problem}" for line in lines if line.problem]
-    good = [line for line in lines if line.value is not None]
     if not lines:
         raise ExpectedFailure(f"no traces in {file.name}")
-    chunks = [good[start : start + limit] for start in range(0, len(good), limit)]
-    receipts: list[BatchReceipt] = []
-    with click.progressbar(chunks, label="enqueueing", file=sys.stderr, show_pos=True) as progress:
-        for chunk in progress:
-            receipts += _enqueue_chunk(chunk, source, bad)
-    enqueued = sum(receipt.trace_count for receipt in receipts)
-    click.echo(f"enqueued {enqueued} traces in {len(receipts)} batches; {len(bad)} lines rejected")
-    for problem in bad:
+
+    def progress(chunks: list[list[JsonlLine]]) -> Iterator[list[JsonlLine]]:
+        with click.progressbar(chunks, label="enqueueing", file=sys.stderr, show_pos=True) as bar:
+            yield from bar
+
+    outcome = enqueue_jsonl(
+        lines, source=source, batch_size=min(batch_size, get_settings().ingest_max_batch), progress=progress
+    )
+    click.echo(
+        f"enqueued {outcome.traces_enqueued} traces in {len(outcome.receipts)} batches; "
+        f"{outcome.invalid_lines} lines rejected"
+    )
+    for _, problem in outcome.problems:
         click.echo(problem, err=True)
     if wait:
-        stored, rejected = wait_for_outcomes(receipts, timeout=timeout)
+        stored, rejected = wait_for_outcomes(outcome.receipts, timeout=timeout)
         click.echo(f"stored {stored} traces; rejected {rejected}")
-    if bad:
-        raise ExpectedFailure(f"{len(bad)} of {len(lines)} lines were invalid and not enqueued")
+    if outcome.problems:
+        raise ExpectedFailure(invalid_lines_summary(outcome))
 
 
 @click.command()

@@ -10,6 +10,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,16 @@ from redis import Redis
 
 from worker.bench_copy import copy_ceiling
 from worker.bench_drain import (
+    cpu_seconds,
     enqueue_rate,
     latency_ms,
     redis_used_memory,
     rss_mib,
     settle_database,
+    small_batch_rate,
     start_workers,
     wait_until_published,
+    worker_pids,
 )
 from worker.bench_seed import seed_pattern_rate
 from worker.celery_app import app
@@ -36,6 +40,8 @@ from worker.settings import environment, get_settings
 
 #: Words of filler per generated trace: about 2.8 KB of JSON, the size the performance targets assume.
 BENCH_PADDING = 170
+#: 100-trace batches that measure the drain rate in small batches, the base of the latency phase's pacing.
+CAPACITY_BATCHES = 200
 #: Traces the seed pattern stores: enough for a steady rate, few enough that its slowness does not dominate.
 SEED_PATTERN_TRACES = 20_000
 
@@ -45,12 +51,19 @@ def _chunks(traces: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]
 
 
 def _measure(
-    trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, work_dir: Path
+    trace_count: int,
+    batch_size: int,
+    processes: int,
+    pool: str,
+    latency_batches: int,
+    work_dir: Path,
+    servers: tuple[PostgresServer, RedisServer],
 ) -> dict[str, Any]:
     settings = get_settings()
     dsn = settings.database_url.get_secret_value().replace("+asyncpg", "")
     traces = list(generate_traces(trace_count, seed=7, padding=BENCH_PADDING))
     batches = _chunks(traces, batch_size)
+    small = _chunks(list(generate_traces(100 * CAPACITY_BATCHES, seed=9, padding=BENCH_PADDING)), 100)
     paced = _chunks(list(generate_traces(100 * latency_batches, seed=8, padding=BENCH_PADDING)), 100)
     # A streaming producer holds no such heap: keep the cyclic GC from re-scanning the bench's own data set
     # (millions of objects) during the timed enqueue, which would cost ~20 % that is not the enqueue path's.
@@ -72,12 +85,25 @@ def _measure(
     nodes = start_workers(work_dir / "logs", processes, pool)
     try:
         figures["rss_start_mib"] = rss_mib(nodes)
+        meters: dict[str, Callable[[], float]] = {
+            "workers": lambda: cpu_seconds(worker_pids(nodes)),
+            "postgresql": lambda: cpu_seconds([servers[0].pid()]),
+            "redis": lambda: cpu_seconds([servers[1].pid()], with_children=False),
+        }
+        before = {name: meter() for name, meter in meters.items()}
         figures["drain_seconds"] = asyncio.run(asyncio.wait_for(wait_until_published(dsn, len(batches)), 3600))
+        figures["cpu_us_per_trace"] = {
+            name: (meter() - before[name]) / trace_count * 1e6 for name, meter in meters.items()
+        }
         figures["drain_rate"] = trace_count / figures["drain_seconds"]
         asyncio.run(settle_database(dsn))
+        # "Half load" for 100-trace batches is half of what the workers drain *in such batches*: a batch's fixed
+        # costs (about ten round trips) weigh ten times more than in 1,000-trace batches, so half the bulk
+        # drain rate would be close to full load for them, and the latency figure would measure a queue.
+        figures["small_batch_rate"] = small_batch_rate(dsn, small, already_published=len(batches))
         figures["latency_ms"] = latency_ms(
             paced,
-            figures["drain_rate"] / 2,
+            figures["small_batch_rate"] / 2,
             settings.redis_url.get_secret_value(),
             settings.ingest_events_stream,
         )
@@ -110,9 +136,14 @@ def _table(f: dict[str, Any]) -> str:
             f"{f['seed_rate']:,.0f} traces/s on {f['seed_traces']:,} of them; drain is {f['seed_speedup']:.1f}x",
         ),
         ("enqueue rate (1 producer, validated)", f"{f['enqueue_rate']:,.0f} traces/s"),
+        ("drain rate in 100-trace batches", f"{f['small_batch_rate']:,.0f} traces/s"),
         (
-            "latency enqueue->published at half load",
+            "latency enqueue->published at half that",
             f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms ({latency['batches']} batches of 100)",
+        ),
+        (
+            "CPU per trace during the drain",
+            ", ".join(f"{name} {micros:.0f} us" for name, micros in f["cpu_us_per_trace"].items()),
         ),
         ("worker RSS start -> end", f"{f['rss_start_mib']:.0f} MiB -> {f['rss_end_mib']:.0f} MiB"),
         ("Redis memory per queued batch / its body", f"{f['redis_memory_ratio']:.2f}"),
@@ -129,9 +160,9 @@ def _table(f: dict[str, Any]) -> str:
 @click.option(
     "--pool",
     type=click.Choice(["prefork", "solo"]),
-    default="solo",
+    default="prefork",
     show_default=True,
-    help="prefork: one node with N children; solo: N single-process nodes.",
+    help="prefork: one node with N children (what Procfile, compose and run ship); solo: N single-process nodes.",
 )
 @click.option(
     "--latency-batches",
@@ -158,7 +189,9 @@ def bench(trace_count: int, batch_size: int, processes: int, pool: str, latency_
             app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
             upgrade_to_head(postgres.url)
             started = time.perf_counter()
-            figures = _measure(trace_count, batch_size, processes, pool, latency_batches, work_dir)
+            figures = _measure(
+                trace_count, batch_size, processes, pool, latency_batches, work_dir, (postgres, redis_server)
+            )
             figures["bench_seconds"] = time.perf_counter() - started
     finally:
         redis_server.remove()

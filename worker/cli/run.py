@@ -14,8 +14,10 @@ from typing import Any
 import click
 
 from worker.celery_app import app
-from worker.enqueue import BatchReceipt, enqueue_batch, wait_for_outcomes
-from worker.jsonl import read_jsonl
+from worker.cli.batches import invalid_lines_summary
+from worker.cli.common import ExpectedFailure
+from worker.enqueue import wait_for_outcomes
+from worker.jsonl import JsonlLine, enqueue_jsonl, read_jsonl
 from worker.local_stack import PostgresServer, RedisServer, free_port
 from worker.migrate import upgrade_to_head
 from worker.processes import beat_process, flower_process, worker_process
@@ -58,32 +60,35 @@ def _local_servers(state_dir: Path) -> Iterator[list[str]]:
             server.remove()
 
 
-def _traces(file: Path | None, count: int) -> list[Any]:
+def _lines(file: Path | None, count: int) -> list[JsonlLine]:
     if file is None:
-        return list(generate_traces(count))
+        return [JsonlLine(number, trace, None) for number, trace in enumerate(generate_traces(count), start=1)]
     with file.open("rb") as lines:
-        return [line.value for line in read_jsonl(lines) if line.value is not None]
+        return list(read_jsonl(lines))
 
 
-def _ingest(traces: list[Any], batch_size: int) -> dict[str, Any]:
+def _ingest(lines: list[JsonlLine], batch_size: int) -> dict[str, Any]:
     started = time.perf_counter()
-    receipts: list[BatchReceipt] = [
-        enqueue_batch(traces[start : start + batch_size], source="tunix-ingest run")
-        for start in range(0, len(traces), batch_size)
-    ]
-    stored, rejected = wait_for_outcomes(receipts, timeout=300)
+    outcome = enqueue_jsonl(lines, source="tunix-ingest run", batch_size=batch_size)
+    for _, problem in outcome.problems:
+        click.echo(problem, err=True)
+    stored, rejected = wait_for_outcomes(outcome.receipts, timeout=300)
     elapsed = time.perf_counter() - started
     return {
-        "batches": len(receipts),
+        "batches": len(outcome.receipts),
         "stored": stored,
         "rejected": rejected,
         "seconds": elapsed,
         "rate": stored / elapsed if elapsed else 0.0,
+        "invalid_lines": invalid_lines_summary(outcome) if outcome.problems else None,
     }
 
 
-def _run_processes(log_dir: Path, concurrency: int, keep_running: bool, ingest: Callable[[], dict[str, Any]]) -> None:
-    """Start worker, beat and Flower, ingest, print the summary; stop the processes before the servers go."""
+def _run_processes(
+    log_dir: Path, concurrency: int, keep_running: bool, ingest: Callable[[], dict[str, Any]]
+) -> str | None:
+    """Start worker, beat and Flower, ingest, print the summary; stop the processes before the servers go.
+    Returns what was wrong with the input, if anything."""
     flower_port = free_port()
     worker = worker_process("run", log_dir, concurrency=concurrency).start()
     children = [worker, beat_process(log_dir).start(), flower_process(log_dir, flower_port).start()]
@@ -99,11 +104,15 @@ def _run_processes(log_dir: Path, concurrency: int, keep_running: bool, ingest: 
             f"{figures.unpublished_batches}; queue depth: {figures.queue_depth}\n"
             f"Flower: http://127.0.0.1:{flower_port}/  database: {redact(os.environ['DATABASE_URL'])}"
         )
+        if summary["invalid_lines"]:
+            click.echo(f"{summary['invalid_lines']} (see above)", err=True)
         if keep_running:
             click.echo("running; press Ctrl-C to stop")
             while all(child.running() for child in children):
                 time.sleep(0.5)
             click.echo("a child process exited; stopping", err=True)
+        invalid_input: str | None = summary["invalid_lines"]
+        return invalid_input
     finally:
         for child in reversed(children):
             child.stop()
@@ -152,6 +161,7 @@ def run(
     them on exit. Ctrl-C stops every process it started.
     """
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    invalid_input = None
     state_dir = state_dir.resolve()
     log_dir = state_dir / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -160,10 +170,13 @@ def run(
             for note in notes:
                 click.echo(f"started {note}")
             upgrade_to_head(os.environ["DATABASE_URL"])
-            _run_processes(log_dir, concurrency, keep_running, lambda: _ingest(_traces(file, trace_count), batch_size))
+            lines = _lines(file, trace_count)
+            invalid_input = _run_processes(log_dir, concurrency, keep_running, lambda: _ingest(lines, batch_size))
     except _Stop as stop:
         click.echo(f"\n{stop}: stopped")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("stopped; nothing left running")
+    if invalid_input:
+        raise ExpectedFailure(invalid_input)
