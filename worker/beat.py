@@ -9,7 +9,7 @@ from typing import Any
 REPROCESS_QUEUE = "reprocess"
 
 
-def beat_schedule(sweep_s: float, redrive_s: float, refresh_s: float) -> dict[str, dict[str, Any]]:
+def beat_schedule(sweep_s: float, resend_s: float, redrive_s: float, refresh_s: float) -> dict[str, dict[str, Any]]:
     """Each entry expires shortly before its next run, so a backlog never piles up copies of the same job."""
 
     def entry(task: str, every: float) -> dict[str, Any]:
@@ -17,7 +17,7 @@ def beat_schedule(sweep_s: float, redrive_s: float, refresh_s: float) -> dict[st
 
     return {
         "publish-unpublished-batches": entry("reprocess.sweep", sweep_s),
-        "resend-lost-batches": entry("reprocess.resend_lost", sweep_s),
+        "resend-lost-batches": entry("reprocess.resend_lost", resend_s),
         "redrive-failed-batches": entry("reprocess.redrive", redrive_s),
         "refresh-derived-fields": entry("reprocess.refresh_derived", refresh_s),
     }

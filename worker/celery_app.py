@@ -75,6 +75,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Ack after the task ran, redeliver if its process died; we count deliveries ourselves.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task killed by the hard time limit goes back to the queue instead of being acked (and lost).
+        "task_acks_on_timeout": False,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_soft_shutdown_timeout": 10.0,
@@ -91,7 +93,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "beat_schedule": beat_schedule(
-            settings.sweep_interval_s, settings.redrive_interval_s, settings.refresh_interval_s
+            settings.sweep_interval_s,
+            settings.resend_interval_s,
+            settings.redrive_interval_s,
+            settings.refresh_interval_s,
         ),
         "redbeat_redis_url": redis_url,
         "redbeat_lock_timeout": 30,
@@ -100,5 +105,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 install_flower_guard()
-app = Celery("tunix_ingest", include=["worker.tasks", "worker.redis_policy"])
+app = Celery("tunix_ingest", include=["worker.tasks", "worker.redis_policy", "worker.heartbeat"])
 app.add_defaults(lambda: celery_config(get_settings()))

@@ -17,9 +17,11 @@ message, not by batch: a producer that retries a batch gets a second record at t
 delivery moves the horizon only to where that copy stood.
 
 Keys (`ingest:custody:`): `seq` (counter), `waiting` (record → queue position), `taken` (record → Redis time it
-was last seen leaving the queue or starting), `horizon`, `body:<record>`, `ticket:<record>`, `resent` and
-`bodies_missing` (counters). Messages of wire format v1 (traces inline, queued by an older version) have records
-named by their batch id with the whole message under `payload:<batch id>`; they are released the same way.
+was last seen leaving the queue or starting), `owners` (record → the worker that received its message),
+`horizon`,
+`body:<record>`, `ticket:<record>`, `resent` and `bodies_missing` (counters). Messages of wire format v1
+(traces inline, queued by an older version) have records named by their batch id with the whole message under
+`payload:<batch id>`; they are released the same way.
 The scripts build record keys from the prefix: Redis Cluster is not supported (kombu refuses it as a broker).
 """
 
@@ -34,13 +36,14 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from worker.celery_app import unacked_mutex_expire_s
+from worker.heartbeat import PREFIX as HEARTBEAT_PREFIX
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PREFIX = "ingest:custody"
-SEQ, WAITING, TAKEN, HORIZON, RESENT, BODIES_MISSING = (
-    f"{PREFIX}:{name}" for name in ("seq", "waiting", "taken", "horizon", "resent", "bodies_missing")
+SEQ, WAITING, TAKEN, HORIZON, RESENT, BODIES_MISSING, OWNERS = (
+    f"{PREFIX}:{name}" for name in ("seq", "waiting", "taken", "horizon", "resent", "bodies_missing", "owners")
 )
 INCOMING_TTL_S = 60
 #: What `accept` returns as its outcome.
@@ -91,11 +94,13 @@ return {deliveries, false}
 _REQUEUE = """
 if redis.call('EXISTS', KEYS[4], KEYS[5]) == 0 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), ARGV[1])
 return 1
 """
 
-# Move every record at or below the horizon to `taken`, then list those untouched for ARGV[1] seconds.
+# Move every record at or below the horizon to `taken`, then list those untouched for ARGV[1] seconds, and
+# those whose owner (the worker that started their delivery) has no heartbeat any more.
 _OVERDUE = """
 local now = tonumber(redis.call('TIME')[1])
 local horizon = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -106,7 +111,27 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', horizon)) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZADD', KEYS[3], now, id)
 end
-return redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[2]))
+local limit = tonumber(ARGV[2])
+local found = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, limit)
+local listed = {}
+for _, id in ipairs(found) do listed[id] = true end
+local owners = redis.call('HGETALL', KEYS[6])
+for i = 1, #owners, 2 do
+  local id, owner = owners[i], owners[i + 1]
+  local taken = redis.call('ZSCORE', KEYS[3], id)
+  local waiting = redis.call('ZSCORE', KEYS[2], id)
+  if not taken and not waiting then
+    redis.call('HDEL', KEYS[6], id)  -- released: the owner entry of a duplicate delivery
+  elseif #found < limit and not listed[id] and redis.call('EXISTS', ARGV[3] .. ':' .. owner) == 0 then
+    if waiting then  -- received by the dead worker but not started: it has left the queue all the same
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZADD', KEYS[3], now, id)
+    end
+    table.insert(found, id)
+    listed[id] = true
+  end
+end
+return found
 """
 
 
@@ -186,9 +211,14 @@ async def start_delivery(
     return Delivery(int(deliveries), body)
 
 
+def received_by(redis: Redis, record: str, worker_id: str) -> None:
+    """Note which worker received the record's message (before it starts), so its death is noticed."""
+    redis.hset(OWNERS, record, worker_id)
+
+
 async def requeued(redis: AsyncRedis, record: str) -> None:
     """Note that the record's message goes back to the end of the queue (before sending it)."""
-    keys = [SEQ, WAITING, TAKEN, ticket_key(record), legacy_payload_key(record)]
+    keys = [SEQ, WAITING, TAKEN, ticket_key(record), legacy_payload_key(record), OWNERS]
     await redis.eval(_REQUEUE, len(keys), *keys, record)
 
 
@@ -198,17 +228,19 @@ async def release(redis: AsyncRedis, record: str) -> None:
         pipe.delete(body_key(record), ticket_key(record), legacy_payload_key(record))
         pipe.zrem(WAITING, record)
         pipe.zrem(TAKEN, record)
+        pipe.hdel(OWNERS, record)
         await pipe.execute()
 
 
 async def overdue(
     redis: AsyncRedis, settings: Settings, *, untouched_for_s: int | None = None, limit: int = 100
 ) -> list[str]:
-    """Records out of the queue and untouched for `lost_after_s` (or `untouched_for_s`): stored but not
-    released (their worker died in between), or lost."""
-    keys = [SEQ, WAITING, TAKEN, HORIZON, settings.ingest_queue]
+    """Records out of the queue and untouched for `lost_after_s` (or `untouched_for_s`), or whose delivery's
+    worker has stopped beating (worker.heartbeat): stored but not released (their worker died in between),
+    lost, or taken by a worker that died."""
+    keys = [SEQ, WAITING, TAKEN, HORIZON, settings.ingest_queue, OWNERS]
     quiet_for = lost_after_s(settings) if untouched_for_s is None else untouched_for_s
-    ids = await redis.eval(_OVERDUE, len(keys), *keys, quiet_for, limit)
+    ids = await redis.eval(_OVERDUE, len(keys), *keys, quiet_for, limit, HEARTBEAT_PREFIX)
     return [value.decode() if isinstance(value, bytes) else str(value) for value in ids]
 
 

@@ -36,6 +36,11 @@ def check_flower_options(address: str, basic_auth: list[str], auth: str) -> str:
 def _apply() -> None:
     from tornado.options import options
 
+    from worker.settings import get_settings
+
+    configured = get_settings().flower_basic_auth  # FLOWER_BASIC_AUTH from the environment or .env
+    if not options.basic_auth and configured is not None:
+        options.basic_auth = [configured.get_secret_value()]
     options.address = check_flower_options(options.address, options.basic_auth or [], options.auth or "")
     log.info("Flower listens on %s (%s)", options.address, "auth on" if options.basic_auth else "loopback only")
 

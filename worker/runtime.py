@@ -7,34 +7,40 @@ on first use (keyed by PID, so nothing inherited across a fork is ever reused). 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from celery import signals
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from services.delivery import Limits
 from worker.events import RedisStreamPublisher
 from worker.heap import keep_freed_memory_for_reuse
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, redact
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Runtime:
     """The per-process resources. Tasks reach them through `current_runtime()`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, generation: int = 0) -> None:
         self.settings = settings
         self.pid = os.getpid()
+        #: Names this runtime's connections in pg_stat_activity, so an abandoned runtime's can be ended.
+        self.application_name = f"tunix-ingest worker {self.pid}.{generation}"
         self.loop = asyncio.new_event_loop()
         self.engine: AsyncEngine = create_async_engine(
             settings.database_url.get_secret_value(),
             pool_size=settings.db_pool_size,
             max_overflow=0,
             pool_pre_ping=True,
+            connect_args={"server_settings": postgres_session_settings(settings, self.application_name)},
         )
         # expire_on_commit=False: results are read after commit without a refresh query per row.
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -55,6 +61,16 @@ class Runtime:
         """Run `work` to completion on this process's loop (never `asyncio.run`: the engine lives here)."""
         return self.loop.run_until_complete(work)
 
+    async def end_connections_of(self, application_name: str) -> int:
+        """Terminate the PostgreSQL sessions of an abandoned runtime (still idle in a transaction, holding the
+        batch row that the retry needs). Returns how many were ended."""
+        async with self.session() as session:
+            ended = await session.scalar(
+                text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": application_name},
+            )
+        return int(ended or 0)
+
     async def _close(self) -> None:
         await self.engine.dispose()
         await self.redis.aclose()
@@ -65,24 +81,46 @@ class Runtime:
             self.loop.close()
 
 
+def postgres_session_settings(settings: Settings, application_name: str) -> dict[str, str]:
+    """Server-side limits of every worker session, below the task's soft time limit (PRODUCT.md §8.9): a
+    statement stuck on a lock (a quarter of it) or running long (half of it) is cut by PostgreSQL first, as a
+    retryable error, and no session stays idle in a transaction after its task was interrupted (half)."""
+    half_ms = max(1000, settings.task_soft_time_limit_s * 1000 // 2)
+    return {
+        "application_name": application_name,
+        "statement_timeout": str(half_ms),
+        "lock_timeout": str(max(500, half_ms // 2)),
+        "idle_in_transaction_session_timeout": str(half_ms),
+    }
+
+
 _current: Runtime | None = None
+_generation = 0
 
 
 def current_runtime() -> Runtime:
     """This process's runtime, started on first use in a process that has none yet (solo pool, tests)."""
-    global _current
+    global _current, _generation
     if _current is None or _current.pid != os.getpid():
         keep_freed_memory_for_reuse()
-        _current = Runtime(get_settings())
+        _generation += 1
+        _current = Runtime(get_settings(), _generation)
     return _current
 
 
-def abandon_runtime() -> None:
-    """Forget this process's runtime without touching it: after a soft time limit interrupted a coroutine
-    mid-flight, its loop still holds that half-run task, which must never be resumed by the next batch.
-    The next task starts a fresh loop and engine; the old connections close when the process recycles."""
+def replace_abandoned_runtime() -> Runtime:
+    """After a soft time limit interrupted a coroutine mid-flight, its loop still holds that half-run task,
+    which must never be resumed by the next batch: start a fresh loop and engine, and end the abandoned
+    runtime's PostgreSQL sessions (best effort: their idle-in-transaction timeout ends them anyway)."""
     global _current
-    _current = None
+    abandoned, _current = _current, None
+    runtime = current_runtime()
+    if abandoned is not None:
+        try:
+            runtime.run(runtime.end_connections_of(abandoned.application_name))
+        except Exception as error:
+            log.warning("could not end the abandoned runtime's sessions: %s", redact(str(error)))
+    return runtime
 
 
 def stop_runtime() -> None:

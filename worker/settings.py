@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(60, ge=1)
     task_time_limit_s: int = Field(90, ge=2)
     retry_backoff_max_s: int = Field(60, ge=1)
-    max_retries: int = Field(8, ge=0)
-    #: Deliveries of one batch (retries and redeliveries after crashes) before it is parked as `failed`.
+    #: The one budget of a batch: deliveries (retries after transient errors and redeliveries after crashes
+    #: alike) before it is parked as `failed`. With full-jitter backoff capped at RETRY_BACKOFF_MAX_S, 12
+    #: deliveries ride out an outage of a few minutes.
     max_deliveries: int = Field(12, ge=1)
     #: Times the scheduled re-drive sends one `failed` batch back before leaving it to an operator.
     max_redrives: int = Field(3, ge=0)
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
     sweep_grace_s: int = Field(30, ge=0)
     #: How often beat schedules the outbox sweep, the re-drive of failed batches and the derived-field refresh.
     sweep_interval_s: float = Field(30, gt=0)
+    #: How often beat looks for batches to send again: lost in transit, or taken by a worker whose heartbeat
+    #: stopped. A dead worker's batches come back within HEARTBEAT_TTL_S (10 s) plus this.
+    resend_interval_s: float = Field(5, gt=0)
     redrive_interval_s: float = Field(300, gt=0)
     refresh_interval_s: float = Field(600, gt=0)
     #: Rows per derived-field refresh task: one transaction and a few MB of memory each.

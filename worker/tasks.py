@@ -10,7 +10,6 @@ from uuid import UUID
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.utils.time import get_exponential_backoff_interval
 
 from models.schemas import IngestResult
 from models.tables import BatchState
@@ -26,9 +25,9 @@ from services.reprocess import (
 from worker import custody
 from worker.celery_app import app
 from worker.enqueue import delivery_counter_key, resend_message_async, send_ingest_task
-from worker.runtime import Runtime, abandon_runtime, current_runtime
+from worker.retry_policy import decide, is_transient
+from worker.runtime import Runtime, current_runtime, replace_abandoned_runtime
 from worker.settings import redact
-from worker.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -85,44 +84,50 @@ def _note_requeue(runtime: Runtime, message: dict[str, Any]) -> None:
         log.warning("batch %s: could not note the retry in custody: %s", message.get("batch_id"), redact(str(error)))
 
 
-@app.task(bind=True, name="ingest.batch", max_retries=None)  # our own limits decide, see below
+def _deliveries_so_far(runtime: Runtime, message: dict[str, Any], fallback: int) -> int:
+    """The batch's delivery count (custody counts it as each delivery starts), or `fallback` if Redis is away."""
+    try:
+        counted = runtime.run(runtime.redis.get(delivery_counter_key(str(message.get("batch_id")))))
+    except Exception:
+        return fallback
+    return int(counted or fallback)
+
+
+@app.task(bind=True, name="ingest.batch", max_retries=None)  # the delivery budget decides: worker/retry_policy.py
 def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
     """Store one batch and publish its event. Safe to run again: rows are keyed by (batch_id, position).
 
-    Transient errors retry with exponential backoff and full jitter; when retries run out, or on an
-    unexpected error, the batch is parked as `failed` with its raw payload instead of being dropped.
+    Transient errors retry with exponential backoff and full jitter while the batch's delivery budget lasts;
+    then, or on any other error, the batch is parked as `failed` with its raw payload instead of being dropped.
     """
     if args:  # never trust the queue: let validation reject the stray arguments by name
         message = {**message, "positional_arguments": list(args)}
     runtime = current_runtime()
-    settings = runtime.settings
     try:
-        result = runtime.run(_deliver(runtime, message))
+        return runtime.run(_deliver(runtime, message)).model_dump(mode="json")
     except Exception as error:  # the edge decides: retry, or park so that acking never loses the batch
         if isinstance(error, SoftTimeLimitExceeded):
-            abandon_runtime()
-            runtime = current_runtime()
-        reason = redact(f"{type(error).__name__}: {error}")
-        if is_transient(error) and self.request.retries < settings.max_retries:
-            countdown = get_exponential_backoff_interval(1, self.request.retries, settings.retry_backoff_max_s, True)
+            runtime = replace_abandoned_runtime()
+        deliveries = _deliveries_so_far(runtime, message, fallback=self.request.retries + 1)
+        decision = decide(error, deliveries=deliveries, settings=runtime.settings)
+        if decision.retry_in is not None:
             log.warning(
-                "batch %s: %s; retry %d in %d s",
+                "batch %s: %s; delivery %d, retry in %.0f s",
                 message.get("batch_id"),
-                reason,
-                self.request.retries + 1,
-                countdown,
+                decision.reason,
+                deliveries,
+                decision.retry_in,
             )
             _note_requeue(runtime, message)
-            raise self.retry(countdown=max(countdown, 1)) from None
+            raise self.retry(countdown=decision.retry_in) from None
         try:
-            result = runtime.run(_park(runtime, message, reason))
+            return runtime.run(_park(runtime, message, decision.reason)).model_dump(mode="json")
         except Exception as park_error:
             if not is_transient(park_error):
                 raise
             # The database is still away: keep the message in the broker rather than lose the batch.
             _note_requeue(runtime, message)
-            raise self.retry(countdown=settings.retry_backoff_max_s) from None
-    return result.model_dump(mode="json")
+            raise self.retry(countdown=runtime.settings.retry_backoff_max_s) from None
 
 
 async def _sweep(runtime: Runtime) -> int:

@@ -15,13 +15,13 @@ FAST_RECOVERY = {
     "TASK_SOFT_TIME_LIMIT_S": "8",
     "TASK_TIME_LIMIT_S": "10",
     "RETRY_BACKOFF_MAX_S": "2",
-    "MAX_RETRIES": "30",
+    "MAX_DELIVERIES": "30",
     "VISIBILITY_TIMEOUT_S": "15",
     "UNACKED_RESTORE_INTERVAL_S": "2",
 }
 
 #: The scheduled jobs every second, so a lost batch is found soon after `custody.lost_after_s` (35 s here).
-FAST_SCHEDULE = {"SWEEP_INTERVAL_S": "1"}
+FAST_SCHEDULE = {"SWEEP_INTERVAL_S": "1", "RESEND_INTERVAL_S": "1"}
 
 StartWorker = Callable[..., WorkerProcess]
 StartBeat = Callable[[dict[str, str]], ChildProcess]

@@ -78,6 +78,7 @@ def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth_and_renders_in_
 
         task = wait_for(ingest_task_seen, timeout=60, interval=1, what="Flower to list a succeeded ingest task")[0]
         assert task["worker"].startswith("e2e@")
+        assert re.fullmatch(r"[0-9a-f-]{36}, n=5", task["args"]), task["args"]  # the claim check, readable
 
         browser = [
             "chromium",
@@ -101,6 +102,24 @@ def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth_and_renders_in_
         flower.stop()
     assert "e2e@" in dom, dom[-2000:]
     assert screenshot.stat().st_size > 10_000
+
+
+def test_flower_takes_its_basic_auth_from_the_settings_dotenv_file_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("FLOWER_BASIC_AUTH=ops:from-dotenv\n")  # not in the environment
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "FLOWER_BASIC_AUTH"}
+    with (tmp_path / "flower.log").open("wb") as log:
+        flower = subprocess.Popen(
+            celery_command("flower", f"--port={port}"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/healthcheck")[0] == 200, timeout=30, what="Flower to answer")
+        assert http_get(f"{base}/api/workers")[0] == 401
+        assert http_get(f"{base}/api/workers", auth="ops:from-dotenv")[0] == 200
+    finally:
+        flower.terminate()
+        flower.wait(30)
 
 
 def test_flower_refuses_to_listen_beyond_loopback_without_auth(tmp_path: Path) -> None:

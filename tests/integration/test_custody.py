@@ -10,6 +10,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from worker import custody
 from worker.enqueue import batch_key, delivery_counter_key
+from worker.heartbeat import heartbeat_key
 from worker.settings import get_settings
 
 
@@ -111,3 +112,22 @@ def test_a_full_queue_takes_no_custody_and_says_how_deep_it_is(redis_url: str) -
     assert accept(client, "b1", max_depth=2) == custody.Accepted(custody.QUEUE_FULL, 2)
     assert custody.figures(client).in_transit == 0
     assert client.keys(f"{custody.PREFIX}:incoming:*") == []  # the body sent ahead is gone too
+
+
+async def test_records_held_by_a_worker_whose_heartbeat_stopped_are_overdue_at_once(
+    redis_url: str, async_redis: AsyncRedis
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    for batch in ("b1", "b2", "b3"):
+        accept(client, batch)
+    client.lpush("ingest", "a message still queued")
+    client.set(heartbeat_key("alive@host#10#1"), 1, ex=10)
+    custody.received_by(client, "1", "alive@host#10#1")
+    custody.received_by(client, "2", "dead@host#20#1")  # received, not started, and its worker stopped beating
+    custody.received_by(client, "7", "dead@host#20#1")  # an owner entry whose record is long released
+
+    assert await custody.overdue(async_redis, get_settings()) == ["2"]  # no wait for the 330 s quiet time
+    assert client.hkeys(custody.OWNERS) == [b"1", b"2"]  # the stale entry is gone
+    await custody.requeued(async_redis, "2")  # sent again: it waits in the queue, owned by nobody
+    assert client.hkeys(custody.OWNERS) == [b"1"]
+    assert await custody.overdue(async_redis, get_settings()) == []

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import derived
 from models.tables import Batch, Trace
-from services.delivery import Limits, ingest_message, park_failed_message
+from services.delivery import RAW_PAYLOAD_CAP, Limits, ingest_message, park_failed_message
 from services.ingest import BatchIn, ingest_batch
 from services.reports import get_batch_status, store_totals
 from services.reprocess import (
@@ -181,3 +181,17 @@ async def test_version_bump_refreshes_exactly_the_stale_rows_chunk_by_chunk(
 async def test_status_of_an_unknown_batch_is_none(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with sessions() as session:
         assert await get_batch_status(session, uuid.uuid4()) is None
+
+
+async def test_a_hand_crafted_oversize_message_is_rejected_keeping_only_a_capped_prefix_of_its_payload(
+    sessions: async_sessionmaker[AsyncSession], publisher: Any
+) -> None:
+    huge = {"batch_id": str(uuid.uuid4()), "source": "tests", "traces": list(generate_traces(400, padding=300))}
+    async with sessions() as session:
+        result = await ingest_message(
+            session, huge, publisher=publisher, limits=LIMITS._replace(max_bytes=100_000), attempts=1
+        )
+        raw = await session.scalar(select(Batch.raw_payload).where(Batch.id == result.batch_id))
+    assert result.state == "rejected" and "exceeds maximum" in result.errors[0]["message"]
+    assert raw is not None and len(raw) == RAW_PAYLOAD_CAP < len(json.dumps(huge))
+    assert raw.startswith('{"batch_id": "')

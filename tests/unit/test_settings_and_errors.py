@@ -16,8 +16,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from services.errors import BatchConflict, BatchRejected, PublishFailed, QueueFull, TraceError
 from worker.celery_app import celery_config
 from worker.jsonl import read_jsonl
+from worker.retry_policy import decide, is_transient
 from worker.settings import Settings, redact
-from worker.transient import is_transient
 
 
 @pytest.mark.parametrize(
@@ -96,8 +96,31 @@ def test_connection_loss_and_timeouts_are_transient(error: BaseException) -> Non
     assert is_transient(error)
 
 
+def test_a_transient_error_retries_with_backoff_while_the_delivery_budget_lasts_then_parks() -> None:
+    settings = Settings(max_deliveries=5, retry_backoff_max_s=10)
+    retries = [decide(ConnectionResetError(), deliveries=n, settings=settings) for n in range(1, 5)]
+    assert all(1 <= (d.retry_in or 0) <= 10 for d in retries)
+    assert decide(ConnectionResetError(), deliveries=5, settings=settings).retry_in is None  # budget spent
+    lock_timeout = DBAPIError("INSERT", {}, asyncpg.exceptions.LockNotAvailableError("lock timeout"))
+    assert decide(lock_timeout, deliveries=1, settings=settings).retry_in is not None
+
+
+def test_errors_that_no_retry_can_fix_park_at_once_with_a_redacted_reason() -> None:
+    missing = decide(FileNotFoundError("/etc/missing"), deliveries=1, settings=Settings())
+    assert missing.retry_in is None and missing.reason == "FileNotFoundError: /etc/missing"
+    bug = decide(ValueError("redis://:hunter2@h/0 broke"), deliveries=1, settings=Settings())
+    assert bug.retry_in is None and "hunter2" not in bug.reason
+
+
 @pytest.mark.parametrize(
-    "error", [ValueError("bug"), ResponseError("WRONGTYPE"), IntegrityError("INSERT", {}, Exception("dup"))]
+    "error",
+    [
+        ValueError("bug"),
+        ResponseError("WRONGTYPE"),
+        IntegrityError("INSERT", {}, Exception("dup")),
+        FileNotFoundError("x"),
+        PermissionError("x"),
+    ],
 )
 def test_bugs_and_bad_data_are_not_transient(error: BaseException) -> None:
     assert not is_transient(error)

@@ -1,0 +1,88 @@
+"""Worker heartbeats in Redis, so that custody can tell a dead worker's batches from a slow one's.
+
+Each worker node (its main process, which prefork children inherit the identity of) names itself once,
+`<node>#<main pid>#<start time>`, and refreshes `ingest:heartbeat:<that id>` every HEARTBEAT_INTERVAL_S with an
+expiry of HEARTBEAT_TTL_S. Receiving an `ingest.batch` message records that id as the owner of its custody
+record; when the owner's heartbeat has expired, `reprocess.resend_lost` sends the batch again within seconds
+instead of waiting for Redis's visibility timeout (idempotent ingest makes the late redelivery of the same
+message, when kombu restores it, harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from celery import signals
+from redis.exceptions import RedisError
+
+from worker.settings import get_settings, redact
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ingest:heartbeat"
+HEARTBEAT_INTERVAL_S = 2.0
+#: A worker whose heartbeat is older than this is dead: its in-flight batches are sent again.
+HEARTBEAT_TTL_S = 10
+_IDENTITY = "TUNIX_INGEST_WORKER_ID"
+_stop = threading.Event()
+
+
+def heartbeat_key(worker_id: str) -> str:
+    return f"{PREFIX}:{worker_id}"
+
+
+def current_worker_id() -> str:
+    """This worker node's identity, inherited by its pool children; empty outside a worker."""
+    return os.environ.get(_IDENTITY, "")
+
+
+@signals.worker_init.connect
+def _name_this_worker(sender: Any = None, **_: object) -> None:
+    node = getattr(sender, "hostname", None) or "worker"
+    os.environ[_IDENTITY] = f"{node}#{os.getpid()}#{int(time.time())}"
+
+
+def _beat(worker_id: str) -> None:
+    from worker.enqueue import redis_client  # the producer's client: one pool per process
+
+    client = redis_client(get_settings().redis_url.get_secret_value())
+    while not _stop.is_set():
+        try:
+            client.set(heartbeat_key(worker_id), int(time.time()), ex=HEARTBEAT_TTL_S)
+        except RedisError as error:  # Redis away: the heartbeat expires, which only causes a harmless re-send
+            log.warning("heartbeat not written: %s", redact(str(error)))
+        _stop.wait(HEARTBEAT_INTERVAL_S)
+
+
+@signals.task_received.connect
+def _own_received_batch(request: Any = None, **_: object) -> None:
+    """In the worker's main process, as a message is reserved (before a pool process starts it)."""
+    worker_id = current_worker_id()
+    if request is None or request.name != "ingest.batch" or not worker_id:
+        return
+    from worker import custody
+    from worker.enqueue import redis_client
+
+    try:
+        custody.received_by(
+            redis_client(get_settings().redis_url.get_secret_value()), custody.record_of(request.kwargs), worker_id
+        )
+    except RedisError as error:  # the record then waits for the slower recovery paths; nothing is lost
+        log.warning("could not note the received batch's owner: %s", redact(str(error)))
+
+
+@signals.worker_ready.connect
+def _start_beating(**_: object) -> None:
+    worker_id = current_worker_id()
+    if worker_id:
+        _stop.clear()
+        threading.Thread(target=_beat, args=(worker_id,), name="tunix-heartbeat", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_beating(**_: object) -> None:
+    _stop.set()
