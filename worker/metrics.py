@@ -46,6 +46,20 @@ class IngestCollector(Collector):
             "Claim checks whose body was gone from Redis and whose batch was not stored: parked as failed (a counter).",
             stats.bodies_missing,
         )
+        pending = GaugeMetricFamily(
+            "tunix_ingest_consumer_pending",
+            "Events delivered to a consumer group, not yet acknowledged.",
+            labels=["group"],
+        )
+        lag = GaugeMetricFamily(
+            "tunix_ingest_consumer_lag", "Events a consumer group has not been delivered yet.", labels=["group"]
+        )
+        for group, figures in stats.consumer_groups.items():
+            pending.add_metric([group], figures.pending)
+            if figures.lag is not None:
+                lag.add_metric([group], figures.lag)
+        yield pending
+        yield lag
         yield GaugeMetricFamily(
             "tunix_ingest_redis_used_memory_bytes",
             "Redis used_memory: queued bodies, custody records, task results and the event stream.",

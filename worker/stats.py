@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from services.reports import StoreTotals, store_totals
 from worker import custody
@@ -28,6 +29,13 @@ class IngestStats(BaseModel):
     bodies_missing: int
     #: Redis's `used_memory`: queued bodies, custody records, task results and the event stream (docs/operations.md).
     redis_used_memory_bytes: int
+    #: Per consumer group of the event stream: entries delivered but not acknowledged, and not yet delivered.
+    consumer_groups: dict[str, ConsumerGroupLag]
+
+
+class ConsumerGroupLag(BaseModel):
+    pending: int
+    lag: int | None
 
 
 def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
@@ -43,6 +51,20 @@ def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
     return max(0.0, (datetime.now(UTC) - enqueued_at).total_seconds())
 
 
+def consumer_groups(redis: Redis, stream: str) -> dict[str, ConsumerGroupLag]:
+    """XINFO GROUPS: pending and lag of every group (lag is None when Redis cannot tell, e.g. after trimming)."""
+    try:
+        groups = redis.xinfo_groups(stream)
+    except ResponseError:  # no stream yet
+        return {}
+    return {
+        str(group["name"].decode() if isinstance(group["name"], bytes) else group["name"]): ConsumerGroupLag(
+            pending=int(group["pending"]), lag=None if group.get("lag") is None else int(group["lag"])
+        )
+        for group in groups
+    }
+
+
 def collect_stats() -> IngestStats:
     settings = get_settings()
     totals: StoreTotals = with_session(store_totals)
@@ -56,4 +78,5 @@ def collect_stats() -> IngestStats:
         lost_batches_resent=held.resent,
         bodies_missing=held.bodies_missing,
         redis_used_memory_bytes=int(redis.info("memory")["used_memory"]),
+        consumer_groups=consumer_groups(redis, settings.ingest_events_stream),
     )

@@ -272,8 +272,8 @@ def test_two_worker_nodes_drain_one_queue_with_every_row_stored_once(
     start_worker: StartWorker, database_url: str
 ) -> None:
     generated = list(generate_traces(10_000))
+    nodes = [start_worker(name, pool="solo", concurrency=1) for name in ("a", "b")]  # both ready before the work
     batch_ids = [enqueue_batch(generated[i : i + 250], source="scale-out").batch_id for i in range(0, 10_000, 250)]
-    nodes = [start_worker(name, pool="solo", concurrency=1) for name in ("a", "b")]
     wait_for(lambda: published_batches(database_url) == len(batch_ids), timeout=120, what="both nodes to drain")
     assert scalar(database_url, "SELECT count(*) FROM trace") == 10_000
     assert scalar(database_url, "SELECT count(DISTINCT (batch_id, position)) FROM trace") == 10_000

@@ -9,6 +9,7 @@ import click
 from worker.cli.batches import enqueue, redrive, status
 from worker.cli.bench import bench
 from worker.cli.common import ExpectedFailure
+from worker.cli.follow import follow
 from worker.cli.ops import metrics, migrate, stats
 from worker.cli.run import run
 
@@ -21,7 +22,7 @@ def cli() -> None:
     """
 
 
-for command in (run, enqueue, status, redrive, migrate, stats, metrics, bench):
+for command in (run, enqueue, status, redrive, migrate, stats, metrics, bench, follow):
     cli.add_command(command)
 
 

@@ -1,0 +1,242 @@
+"""The other end of the pipe (PRODUCT.md §6b): stored batches, handed to consumers through a Redis consumer group.
+
+Each item is one batch with its stored traces, loaded by one SELECT (one session per batch). An item is
+acknowledged only when the caller asks for the next one, i.e. after its code handled it: at least once. A
+consumer that dies leaves its item pending; another consumer of the group claims it after `claim_idle_s`
+(XAUTOCLAIM). Events are at least once (§6): a batch already handed over to the group is acknowledged and
+skipped (the group's handled batch ids are kept, bounded). Entries that are no event are logged, counted and
+skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Generator
+from datetime import datetime
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: Batch ids a group remembers as handed over, newest kept: far more than the sweep can ever publish twice.
+HANDLED_KEPT = 100_000
+# The JSON columns come as PostgreSQL's text of them: parsed for Python callers, or passed on untouched
+# (`orjson.Fragment`) by callers that only write them out again.
+_LOAD = (
+    "SELECT id, position, created_at, trace_version, prompt, final_answer, steps::text AS steps, meta::text AS meta "
+    "FROM trace WHERE id = ANY($1::bigint[]) ORDER BY position"
+)
+
+
+class IngestedBatch(NamedTuple):
+    """One stored batch as a consumer gets it: its event's fields and its rows, in position order."""
+
+    batch_id: UUID
+    source: str
+    created_at: datetime | None
+    traces: list[dict[str, Any]]
+    entry_id: str
+
+    def __repr__(self) -> str:  # short: asyncio formats the results of finished tasks, and a batch is megabytes
+        return f"IngestedBatch(batch_id={self.batch_id}, traces=<{len(self.traces)} rows>, entry_id={self.entry_id})"
+
+
+def handled_key(stream: str, group: str) -> str:
+    return f"ingest:consumer:{stream}:{group}:handled"
+
+
+def malformed_key(stream: str, group: str) -> str:
+    return f"ingest:consumer:{stream}:{group}:malformed"
+
+
+def trace_ids(fields: dict[bytes, bytes]) -> list[int]:
+    """The row ids an event names: `ids` (event v2) or `traces` (v1, a list of {id, position, created_at})."""
+    if b"ids" in fields:
+        ids = orjson.loads(fields[b"ids"])
+    else:
+        ids = [trace["id"] for trace in orjson.loads(fields[b"traces"])]
+    if not isinstance(ids, list) or not all(isinstance(value, int) for value in ids):
+        raise ValueError("ids is not a list of row ids")
+    return ids
+
+
+class _Follower:
+    def __init__(
+        self, group: str, consumer: str, *, from_start: bool, claim_idle_s: float, block_ms: int, raw_json: bool
+    ) -> None:
+        settings = get_settings()
+        self.stream, self.group, self.consumer = settings.ingest_events_stream, group, consumer
+        self.from_start, self.claim_idle_ms, self.block_ms = from_start, int(claim_idle_s * 1000), block_ms
+        self.redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=block_ms / 1000 + 10)
+        self.engine: AsyncEngine = create_async_engine(settings.database_url.get_secret_value(), pool_size=1)
+        self.sessions = async_sessionmaker(self.engine)
+        self.json_value: Any = orjson.Fragment if raw_json else orjson.loads
+
+    async def join(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0" if self.from_start else "$", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _read(self, source: str) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        """One entry at a time: a consumer that stops (or dies) holds at most the batch it was handing over."""
+        reply: Any
+        if source == "own":  # this consumer's pending entries (a previous run of it stopped before acking)
+            reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=1)
+        elif source == "claimed":  # entries a dead consumer of the group left idle
+            reply = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=1
+            )
+            return list(reply[1])
+        else:
+            reply = await self.redis.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=1, block=self.block_ms
+            )
+        return list(reply[0][1]) if reply else []
+
+    async def entries(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Entries for this consumer: its own pending ones first, then those a dead consumer left idle, then new."""
+        for source in ("own", "claimed", "new"):
+            found = await self._read(source)
+            for entry_id, fields in found:
+                if not fields:  # trimmed from the stream while pending: nothing left to hand over
+                    await self.acknowledge(entry_id, None)
+            entries = [(entry_id, fields) for entry_id, fields in found if fields]
+            if entries:
+                return entries
+        return []
+
+    async def load(self, entry_id: bytes, fields: dict[bytes, bytes]) -> IngestedBatch:
+        ids = trace_ids(fields)
+        async with self.sessions() as session:  # one session per batch, never shared
+            # The session's own asyncpg connection: thousands of wide rows skip SQLAlchemy's row objects.
+            raw = await (await session.connection()).get_raw_connection()
+            rows = await raw.driver_connection.fetch(_LOAD, ids)  # type: ignore[union-attr]
+        as_value = self.json_value
+        traces = []
+        for row in rows:
+            trace = dict(row)
+            trace["steps"] = as_value(trace["steps"])
+            if trace["meta"] is not None:
+                trace["meta"] = as_value(trace["meta"])
+            traces.append(trace)
+        created_at = fields.get(b"created_at", b"").decode()
+        return IngestedBatch(
+            UUID(fields[b"batch_id"].decode()),
+            fields.get(b"source", b"").decode(),
+            datetime.fromisoformat(created_at) if created_at else None,
+            traces,
+            entry_id.decode(),
+        )
+
+    async def already_handled(self, batch_id: bytes) -> bool:
+        return await self.redis.zscore(handled_key(self.stream, self.group), batch_id) is not None
+
+    async def acknowledge(self, entry_id: bytes, batch_id: bytes | None) -> None:
+        """Ack the entry and remember its batch as handed over, in one transaction."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, entry_id)
+            if batch_id is not None:
+                key = handled_key(self.stream, self.group)
+                pipe.zadd(key, {batch_id: time.time()})
+                pipe.zremrangebyrank(key, 0, -HANDLED_KEPT - 1)
+            await pipe.execute()
+
+    async def skip_malformed(self, entry_id: bytes, problem: str) -> None:
+        log.error("stream entry %s of %s is no ingested event (%s); skipped", entry_id.decode(), self.stream, problem)
+        await self.redis.incr(malformed_key(self.stream, self.group))
+        await self.acknowledge(entry_id, None)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+        await self.redis.aclose()
+
+
+async def follow_ingested_async(
+    group: str,
+    consumer: str,
+    *,
+    from_start: bool = False,
+    claim_idle_s: float = 60.0,
+    idle_exit_s: float | None = None,
+    block_ms: int = 1000,
+    raw_json: bool = False,
+) -> AsyncGenerator[IngestedBatch, bool | None]:
+    """Stored batches for consumer `consumer` of group `group`, each acknowledged once the caller asks for the
+    next (see the module's docstring); `asend(True)` acknowledges the current one and ends. With `raw_json`,
+    `steps` and `meta` stay the JSON text PostgreSQL sent, as `orjson.Fragment`s. Joins the group,
+    created at the stream's start or at its end (now). Ends after `idle_exit_s` without a new batch, if given;
+    otherwise follows until closed."""
+    follower = _Follower(
+        group, consumer, from_start=from_start, claim_idle_s=claim_idle_s, block_ms=block_ms, raw_json=raw_json
+    )
+    try:
+        await follower.join()
+        quiet_since = time.monotonic()
+        while idle_exit_s is None or time.monotonic() - quiet_since < idle_exit_s:
+            for entry_id, fields in await follower.entries():
+                quiet_since = time.monotonic()
+                batch_id = fields.get(b"batch_id")
+                try:
+                    if batch_id is None:
+                        raise ValueError("it has no batch_id")
+                    if await follower.already_handled(batch_id):
+                        await follower.acknowledge(entry_id, batch_id)  # a second event of the same batch
+                        continue
+                    batch = await follower.load(entry_id, fields)
+                except (ValueError, KeyError, orjson.JSONDecodeError) as problem:
+                    await follower.skip_malformed(entry_id, str(problem))
+                    continue
+                stop = yield batch  # the caller handles it; coming back here means it is done
+                await follower.acknowledge(entry_id, batch_id)
+                if stop:
+                    return
+    finally:
+        await follower.close()
+
+
+def follow_ingested(
+    group: str,
+    consumer: str,
+    *,
+    from_start: bool = False,
+    claim_idle_s: float = 60.0,
+    idle_exit_s: float | None = None,
+    raw_json: bool = False,
+) -> Generator[IngestedBatch, bool | None, None]:
+    """`follow_ingested_async` for synchronous code: `for batch in follow_ingested("builders", "b1"): ...`.
+    `send(True)` acknowledges the current batch and ends; closing the iterator otherwise (break, an exception,
+    Ctrl-C) leaves the current batch unacknowledged for a later delivery, never half-acknowledged."""
+    with asyncio.Runner() as runner:
+        batches = follow_ingested_async(
+            group,
+            consumer,
+            from_start=from_start,
+            claim_idle_s=claim_idle_s,
+            idle_exit_s=idle_exit_s,
+            raw_json=raw_json,
+        )
+
+        async def step(stop: bool | None) -> IngestedBatch:
+            return await batches.asend(stop)
+
+        stop: bool | None = None
+        try:
+            while True:
+                try:
+                    batch = runner.run(step(stop))
+                except StopAsyncIteration:
+                    return
+                stop = yield batch
+        finally:
+            runner.run(batches.aclose())
