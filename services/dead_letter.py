@@ -88,6 +88,8 @@ async def record_dead_batch(
             "state": row.excluded.state,
             "attempts": row.excluded.attempts,
             "errors": row.excluded.errors,
+            # A batch sent again after it was parked without a body now has one: keep it for the re-drive.
+            "raw_payload": func.coalesce(row.excluded.raw_payload, Batch.raw_payload),
             "updated_at": func.now(),
         },
         where=Batch.state == BatchState.FAILED,

@@ -203,6 +203,8 @@ async def ingest_message(
     except BatchRejected as rejected:
         return await _reject(session, message, body, rejected, attempts)
     if attempts > limits.max_deliveries:
+        if (stored := await announce_if_stored(session, batch.batch_id, publisher=publisher)) is not None:
+            return stored  # the budget ran out after the batch was stored: nothing to park
         return await park_failed_message(
             session,
             message,

@@ -90,16 +90,24 @@ async def redrive_batch(session: AsyncSession, batch_id: UUID, *, resend: Resend
     return True
 
 
-async def batches_on_record(session: AsyncSession, batch_ids: list[UUID]) -> set[UUID]:
-    """Which of `batch_ids` PostgreSQL holds, in any state (one SELECT)."""
-    rows = await session.scalars(select(Batch.id).where(Batch.id.in_(batch_ids)))
+async def settled_batches(session: AsyncSession, batch_ids: list[UUID]) -> set[UUID]:
+    """Which of `batch_ids` PostgreSQL holds for good, `ingested` or `rejected` (one SELECT). A `failed` batch
+    is not settled: a copy of it that is still in custody (the producer sent it again) must be delivered."""
+    rows = await session.scalars(
+        select(Batch.id).where(Batch.id.in_(batch_ids), Batch.state.in_([BatchState.INGESTED, BatchState.REJECTED]))
+    )
     return set(rows)
 
 
-async def find_failed_batches(session: AsyncSession, *, limit: int = 1000) -> list[UUID]:
-    rows = await session.scalars(
-        select(Batch.id).where(Batch.state == BatchState.FAILED).order_by(Batch.updated_at).limit(limit)
-    )
+async def find_failed_batches(
+    session: AsyncSession, *, max_redrives: int | None = None, limit: int = 1000
+) -> list[UUID]:
+    """Failed batches that can be re-driven (a raw payload kept, and, if `max_redrives` is given, re-drives
+    left), oldest first."""
+    query = select(Batch.id).where(Batch.state == BatchState.FAILED, Batch.raw_payload.is_not(None))
+    if max_redrives is not None:
+        query = query.where(Batch.redrives < max_redrives)
+    rows = await session.scalars(query.order_by(Batch.updated_at).limit(limit))
     return list(rows)
 
 

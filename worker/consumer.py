@@ -80,6 +80,8 @@ class _Follower:
         self.engine: AsyncEngine = create_async_engine(settings.database_url.get_secret_value(), pool_size=1)
         self.sessions = async_sessionmaker(self.engine)
         self.json_value: Any = orjson.Fragment if raw_json else orjson.loads
+        #: Where the next XAUTOCLAIM scan of the group's pending entries goes on (it walks them all in turn).
+        self.claim_cursor = "0-0"
 
     async def join(self) -> None:
         try:
@@ -95,8 +97,10 @@ class _Follower:
             reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=1)
         elif source == "claimed":  # entries a dead consumer of the group left idle
             reply = await self.redis.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=1
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=self.claim_cursor, count=1
             )
+            cursor = reply[0]
+            self.claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
             return list(reply[1])
         else:
             reply = await self.redis.xreadgroup(
@@ -194,7 +198,7 @@ async def follow_ingested_async(
                         await follower.acknowledge(entry_id, batch_id)  # a second event of the same batch
                         continue
                     batch = await follower.load(entry_id, fields)
-                except (ValueError, KeyError, orjson.JSONDecodeError) as problem:
+                except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as problem:
                     await follower.skip_malformed(entry_id, str(problem))
                     continue
                 stop = yield batch  # the caller handles it; coming back here means it is done

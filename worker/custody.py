@@ -63,6 +63,7 @@ if not first and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {-1, 0}
 end
 local seq = redis.call('INCR', KEYS[2])
+redis.call('DEL', KEYS[6])  -- a batch handed over again gets a fresh delivery budget
 local body = ARGV[5] .. ':body:' .. seq
 redis.call('RENAME', KEYS[4], body)
 redis.call('PERSIST', body)
@@ -186,12 +187,13 @@ def accept(
     ticket_head: bytes,
     queue: str,
     max_depth: int,
+    counter_key: str,
 ) -> Accepted:
     """Take custody of a batch before its claim-check message is sent, unless the queue is full or the batch
-    id names other content. `ticket_head` is the ticket's JSON up to the value of `custody_seq`. One round
-    trip; the body is written once."""
+    id names other content. `ticket_head` is the ticket's JSON up to the value of `custody_seq`; the batch's
+    delivery counter (`counter_key`) starts afresh. One round trip; the body is written once."""
     incoming = f"{PREFIX}:incoming:{uuid4().hex}"  # expires by itself if the script never runs
-    keys = [batch_key, SEQ, WAITING, incoming, queue]
+    keys = [batch_key, SEQ, WAITING, incoming, queue, counter_key]
     with redis.pipeline(transaction=True) as pipe:
         pipe.set(incoming, body, ex=INCOMING_TTL_S)
         pipe.eval(_ACCEPT, len(keys), *keys, content_hash, key_ttl_s, ticket_head, max_depth, PREFIX)
@@ -214,6 +216,13 @@ async def start_delivery(
 def received_by(redis: Redis, record: str, worker_id: str) -> None:
     """Note which worker received the record's message (before it starts), so its death is noticed."""
     redis.hset(OWNERS, record, worker_id)
+
+
+def forget_owner(redis: Redis, worker_id: str) -> None:
+    """Drop every owner entry of a worker that stopped cleanly."""
+    held = [record for record, owner in redis.hscan_iter(OWNERS) if owner.decode() == worker_id]
+    if held:
+        redis.hdel(OWNERS, *held)
 
 
 async def requeued(redis: AsyncRedis, record: str) -> None:

@@ -52,7 +52,7 @@ def batch_key(batch_id: UUID) -> str:
 _SOURCE = TypeAdapter(Source)
 
 
-def _check_source(source: str) -> None:
+def check_source(source: str) -> None:
     """The same rule the worker applies to the message's `source`."""
     try:
         _SOURCE.validate_python(source, strict=True)
@@ -65,6 +65,10 @@ def queue_depth() -> int:
     """Batches waiting in the ingest queue (one LLEN)."""
     settings = get_settings()
     return int(redis_client(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))
+
+
+#: A depth limit no queue reaches: a re-drive sends a batch that was accepted once already.
+NO_DEPTH_LIMIT = 2**62
 
 
 def _ticket_head(batch_id: UUID, source: str, valid: ValidatedBatch) -> tuple[dict[str, Any], bytes]:
@@ -94,6 +98,7 @@ def _hand_over(valid: ValidatedBatch, *, source: str, batch_id: UUID, max_depth:
         ticket_head=ticket_head,
         queue=settings.ingest_queue,
         max_depth=max_depth,
+        counter_key=delivery_counter_key(str(batch_id)),
     )
     if accepted.outcome == custody.QUEUE_FULL:
         depth = accepted.value
@@ -121,7 +126,7 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
     is unknown, and retrying with `EnqueueFailed.batch_id` is safe (it never stores anything twice).
     """
     settings = get_settings()
-    _check_source(source)
+    check_source(source)
     valid = validate_traces(
         list(traces), max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes
     )
@@ -159,14 +164,13 @@ def send_ingest_task(kwargs: dict[str, Any]) -> None:
 
 def resend_message(message: dict[str, Any]) -> None:
     """Send a parked batch's raw payload (the v1 message shape) back through custody, as a new claim check
-    (re-drive); its delivery count starts afresh. Not subject to the queue's depth limit: it was accepted once."""
+    (re-drive); its delivery count starts afresh, as for every new custody record. Not subject to the queue's
+    depth limit: it was accepted once."""
     settings = get_settings()
     valid = validate_traces(
         message["traces"], max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes
     )
-    batch_id = UUID(message["batch_id"])
-    redis_client(settings.redis_url.get_secret_value()).delete(delivery_counter_key(str(batch_id)))
-    _hand_over(valid, source=message["source"], batch_id=batch_id, max_depth=2**62)
+    _hand_over(valid, source=message["source"], batch_id=UUID(message["batch_id"]), max_depth=NO_DEPTH_LIMIT)
 
 
 async def resend_message_async(message: dict[str, Any]) -> None:

@@ -85,4 +85,16 @@ def _start_beating(**_: object) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_beating(**_: object) -> None:
+    """A clean stop: running tasks have finished and kombu has put reserved messages back, so this worker
+    holds nothing any more; forgetting its entries spares them a needless re-send when its heartbeat expires."""
     _stop.set()
+    worker_id = current_worker_id()
+    if not worker_id:
+        return
+    from worker import custody
+    from worker.enqueue import redis_client
+
+    try:
+        custody.forget_owner(redis_client(get_settings().redis_url.get_secret_value()), worker_id)
+    except RedisError as error:
+        log.warning("could not forget this worker's custody entries: %s", redact(str(error)))

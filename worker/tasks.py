@@ -14,13 +14,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from models.schemas import IngestResult
 from models.tables import BatchState
 from services.delivery import ingest_message, is_claim_check, park_failed_message
+from services.errors import IngestError
 from services.reprocess import (
     RefreshedChunk,
-    batches_on_record,
     find_failed_batches,
     publish_unpublished_batches,
     redrive_batch,
     refresh_stale_derived_chunk,
+    settled_batches,
 )
 from worker import custody
 from worker.celery_app import app
@@ -151,10 +152,10 @@ async def _resend_lost(runtime: Runtime) -> int:
     messages = {record: await custody.resendable_message(runtime.redis, record) for record in records}
     batch_ids = {UUID(str(m["batch_id"])) for m in messages.values() if m is not None}
     async with runtime.session() as session:
-        on_record = {str(batch_id) for batch_id in await batches_on_record(session, list(batch_ids))}
+        on_record = {str(batch_id) for batch_id in await settled_batches(session, list(batch_ids))}
     resent = 0
     for record, message in messages.items():
-        if message is None or str(message["batch_id"]) in on_record:  # stored; its worker died before releasing
+        if message is None or str(message["batch_id"]) in on_record:  # settled; its worker died before releasing
             await custody.release(runtime.redis, record)
             continue
         await custody.requeued(runtime.redis, record)
@@ -173,14 +174,16 @@ def resend_lost() -> int:
 
 
 async def _redrive_failed(runtime: Runtime) -> int:
+    max_redrives = runtime.settings.max_redrives
     async with runtime.session() as session:
-        failed = await find_failed_batches(session)
+        failed = await find_failed_batches(session, max_redrives=max_redrives)
     sent = 0
     for batch_id in failed:
-        async with runtime.session() as session:  # one session per batch: each re-drive commits on its own
-            sent += await redrive_batch(
-                session, batch_id, resend=resend_message_async, max_redrives=runtime.settings.max_redrives
-            )
+        try:
+            async with runtime.session() as session:  # one session per batch: each re-drive commits on its own
+                sent += await redrive_batch(session, batch_id, resend=resend_message_async, max_redrives=max_redrives)
+        except IngestError as error:  # e.g. the limits were lowered since: this batch waits for an operator
+            log.error("batch %s could not be re-driven: %s", batch_id, error)
     return sent
 
 

@@ -8,10 +8,15 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from worker import custody
+from services.validation import validate_traces
+from tests.db import query
+from worker import custody, enqueue_batch
 from worker.enqueue import batch_key, delivery_counter_key
 from worker.heartbeat import heartbeat_key
+from worker.runtime import current_runtime, stop_runtime
+from worker.sample_traces import generate_traces
 from worker.settings import get_settings
+from worker.tasks import _resend_lost
 
 
 @pytest.fixture
@@ -31,6 +36,7 @@ def accept(client: redis.Redis, batch_id: str, content_hash: str = "h", max_dept
         ticket_head=b'{"batch_id":"%s","custody_seq":' % batch_id.encode(),
         queue="ingest",
         max_depth=max_depth,
+        counter_key=delivery_counter_key(batch_id),
     )
 
 
@@ -131,3 +137,27 @@ async def test_records_held_by_a_worker_whose_heartbeat_stopped_are_overdue_at_o
     await custody.requeued(async_redis, "2")  # sent again: it waits in the queue, owned by nobody
     assert client.hkeys(custody.OWNERS) == [b"1"]
     assert await custody.overdue(async_redis, get_settings()) == []
+
+
+def test_a_lost_copy_of_a_batch_postgresql_holds_only_as_failed_is_sent_again_not_dropped(
+    redis_url: str, database_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    traces = list(generate_traces(3))
+    receipt = enqueue_batch(traces, source="sent-again")  # the producer sends a batch parked `failed` again
+    valid = validate_traces(traces, max_batch=1000, max_bytes=1 << 23)
+    query(
+        database_url,
+        "INSERT INTO batch (id, source, state, trace_count, content_hash) VALUES (:id, 'sent-again', 'failed', 3, :h)",
+        id=receipt.batch_id,
+        h=valid.content_hash,
+    )
+    client.delete("ingest")  # its message is lost in transit, taken by a worker that then died
+    custody.received_by(client, "1", "dead@host#1#1")
+
+    runtime = current_runtime()
+    try:
+        assert runtime.run(_resend_lost(runtime)) == 1  # a `failed` row is no reason to drop the copy
+    finally:
+        stop_runtime()
+    assert client.llen("ingest") == 1 and custody.figures(client).in_transit == 1

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+import asyncpg
 from celery.exceptions import TimeoutError as CeleryTimeout
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
@@ -30,7 +31,7 @@ def expected_failures(command: Callable[P, T]) -> Callable[P, T]:
             return command(*args, **kwargs)
         except IngestError as error:
             raise ExpectedFailure(redact(str(error))) from None
-        except (DBAPIError, OSError) as error:
+        except (DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise ExpectedFailure(redact(f"database unreachable or failing: {type(error).__name__}: {error}")) from None
         except RedisError as error:
             raise ExpectedFailure(redact(f"Redis unreachable: {type(error).__name__}: {error}")) from None

@@ -42,7 +42,7 @@ def batch_lines(batch: IngestedBatch, *, per_batch: bool) -> bytes:
 @click.option("--idle-exit", type=click.FloatRange(0), help="Stop after this many seconds without a new batch.")
 @click.option(
     "--claim-idle",
-    type=click.FloatRange(0),
+    type=click.FloatRange(1),
     default=60.0,
     show_default=True,
     help="Take over batches another consumer of the group left unacknowledged this long (it died).",
@@ -75,8 +75,13 @@ def follow(
         raw_json=True,  # steps and meta go out as PostgreSQL sent them: never parsed, never encoded again
     )
     for batch in batches:
-        out.write(batch_lines(batch, per_batch=per_batch))
-        out.flush()
+        try:
+            out.write(batch_lines(batch, per_batch=per_batch))
+            out.flush()
+        except BrokenPipeError:  # `follow | head`: the reader is gone; this batch stays unacknowledged
+            batches.close()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return
         handed += 1
         if limit is not None and handed >= limit:
             with contextlib.suppress(StopIteration):
