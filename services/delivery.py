@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, NamedTuple, TypeVar
+from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -90,22 +91,46 @@ def _dead_result(message: Any, state: BatchState, errors: list[TraceError], raw_
     )
 
 
-async def _park_without_body(session: AsyncSession, message: Any, *, attempts: int) -> IngestResult:
-    ticket = _envelope(BatchTicket, message)
-    errors = [TraceError(None, "body", BODY_MISSING)]
+async def _record_failed(
+    session: AsyncSession,
+    message: Any,
+    *,
+    batch_id: UUID,
+    source: str,
+    error: TraceError,
+    raw_payload: str | None,
+    content_hash: str,
+    trace_count: int,
+    attempts: int,
+) -> IngestResult:
     await record_dead_batch(
         session,
-        batch_id=ticket.batch_id,
+        batch_id=batch_id,
         state=BatchState.FAILED,
+        source=source,
+        errors=[error],
+        raw_payload=raw_payload,
+        content_hash=content_hash,
+        trace_count=trace_count,
+        attempts=attempts,
+    )
+    log.error("batch %s parked as failed after %d deliveries: %s", batch_id, attempts, error.message)
+    return _dead_result(message, BatchState.FAILED, [error], raw_payload or "")
+
+
+async def _park_without_body(session: AsyncSession, message: Any, *, attempts: int) -> IngestResult:
+    ticket = _envelope(BatchTicket, message)
+    return await _record_failed(
+        session,
+        message,
+        batch_id=ticket.batch_id,
         source=ticket.source,
-        errors=errors,
+        error=TraceError(None, "body", BODY_MISSING),
         raw_payload=None,  # nothing to re-drive: the producer must send the batch again
         content_hash=ticket.content_hash,
         trace_count=ticket.trace_count,
         attempts=attempts,
     )
-    log.error("batch %s parked as failed: %s", ticket.batch_id, BODY_MISSING)
-    return _dead_result(message, BatchState.FAILED, errors, "")
 
 
 async def settle_missing_body(
@@ -125,21 +150,17 @@ async def park_failed_message(
     if is_claim_check(message) and body is None:
         return await _park_without_body(session, message, attempts=attempts)
     batch = parse_delivery(message, body, limits)
-    raw_payload = failed_payload(batch)
-    errors = [TraceError(None, "batch", reason)]
-    await record_dead_batch(
+    return await _record_failed(
         session,
+        message,
         batch_id=batch.batch_id,
-        state=BatchState.FAILED,
         source=batch.source,
-        errors=errors,
-        raw_payload=raw_payload,
+        error=TraceError(None, "batch", reason),
+        raw_payload=failed_payload(batch),
         content_hash=batch.content_hash,
         trace_count=len(batch.traces),
         attempts=attempts,
     )
-    log.error("batch %s parked as failed after %d deliveries: %s", batch.batch_id, attempts, reason)
-    return _dead_result(message, BatchState.FAILED, errors, raw_payload)
 
 
 def _rejected_payload(message: Any, body: bytes | None) -> str:

@@ -175,12 +175,13 @@ async def follow_ingested_async(
     idle_exit_s: float | None = None,
     block_ms: int = 1000,
     raw_json: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> AsyncGenerator[IngestedBatch, bool | None]:
     """Stored batches for consumer `consumer` of group `group`, each acknowledged once the caller asks for the
     next (see the module's docstring); `asend(True)` acknowledges the current one and ends. With `raw_json`,
     `steps` and `meta` stay the JSON text PostgreSQL sent, as `orjson.Fragment`s. Joins the group,
-    created at the stream's start or at its end (now). Ends after `idle_exit_s` without a new batch, if given;
-    otherwise follows until closed."""
+    created at the stream's start or at its end (now). Ends after `idle_exit_s` without a new batch, if given,
+    or once `stop` is set (within one blocking read); otherwise follows until closed."""
     follower = _Follower(
         group, consumer, from_start=from_start, claim_idle_s=claim_idle_s, block_ms=block_ms, raw_json=raw_json
     )
@@ -188,6 +189,8 @@ async def follow_ingested_async(
         await follower.join()
         quiet_since = time.monotonic()
         while idle_exit_s is None or time.monotonic() - quiet_since < idle_exit_s:
+            if stop is not None and stop.is_set():
+                return
             for entry_id, fields in await follower.entries():
                 quiet_since = time.monotonic()
                 batch_id = fields.get(b"batch_id")
@@ -201,9 +204,9 @@ async def follow_ingested_async(
                 except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as problem:
                     await follower.skip_malformed(entry_id, str(problem))
                     continue
-                stop = yield batch  # the caller handles it; coming back here means it is done
+                last = yield batch  # the caller handles it; coming back here means it is done
                 await follower.acknowledge(entry_id, batch_id)
-                if stop:
+                if last:
                     return
     finally:
         await follower.close()

@@ -162,7 +162,7 @@ def test_ctrl_c_stops_follow_cleanly_with_nothing_half_acknowledged(
     command = [sys.executable, "-c", "from worker.cli import main; main()", "follow", "--from-start", "--batches"]
     following = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = redis.Redis.from_url(redis_url)
-    wait_for(lambda: lines_read_by_group(client) == 1, what="follow to read the batch")
+    wait_for(lambda: lines_read_by_group(client) == 1 and pending(client) == 0, what="follow to hand the batch over")
     following.send_signal(signal.SIGINT)
     out, err = following.communicate(timeout=30)
 

@@ -73,6 +73,8 @@ def test_celery_is_configured_json_only_with_late_acks() -> None:
     assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["worker_prefetch_multiplier"] == 1
+    assert config["task_acks_on_timeout"] is False  # a task cut by the hard time limit goes back to the queue
+    assert {queue.name for queue in config["task_queues"]} == {"ingest", "reprocess"}  # a plain worker takes both
 
 
 def test_rediss_urls_get_certificate_verification() -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
-from typing import Any
+from typing import BinaryIO
 
 import click
 import orjson
 
 from worker.cli.common import expected_failures
-from worker.consumer import IngestedBatch, follow_ingested
+from worker.consumer import IngestedBatch, follow_ingested_async
 from worker.heap import keep_freed_memory_for_reuse
 
 
@@ -38,7 +40,7 @@ def batch_lines(batch: IngestedBatch, *, per_batch: bool) -> bytes:
 @click.option("--group", default="follow", show_default=True, help="Consumer group: each group gets every batch once.")
 @click.option("--consumer", help="This consumer's name in the group (default: host-pid).")
 @click.option("--from-start", is_flag=True, help="A new group starts at the stream's beginning, not at now.")
-@click.option("--limit", type=click.IntRange(1), help="Stop after this many batches.")
+@click.option("--limit", type=click.IntRange(1), help="Stop after this many batches (read one at a time).")
 @click.option("--idle-exit", type=click.FloatRange(0), help="Stop after this many seconds without a new batch.")
 @click.option(
     "--claim-idle",
@@ -48,6 +50,13 @@ def batch_lines(batch: IngestedBatch, *, per_batch: bool) -> bytes:
     help="Take over batches another consumer of the group left unacknowledged this long (it died).",
 )
 @click.option("--batches", "per_batch", is_flag=True, help="One JSON line per batch instead of per trace.")
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Consumers of the group in this process (CONSUMER/0, /1, …): batches load side by side, written whole.",
+)
 @expected_failures
 def follow(
     group: str,
@@ -57,6 +66,7 @@ def follow(
     idle_exit: float | None,
     claim_idle: float,
     per_batch: bool,
+    parallel: int,
 ) -> None:
     """Write every stored trace (or batch) to stdout as JSON lines, once per group, flushed per batch.
 
@@ -64,27 +74,67 @@ def follow(
     (or another consumer of the group): at least once, never half.
     """
     keep_freed_memory_for_reuse()  # one JSON encoding per trace: see worker/heap.py
-    out: Any = sys.stdout.buffer
-    handed = 0
-    batches = follow_ingested(
-        group,
-        consumer or f"{socket.gethostname()}-{os.getpid()}",
-        from_start=from_start,
-        claim_idle_s=claim_idle,
-        idle_exit_s=idle_exit,
-        raw_json=True,  # steps and meta go out as PostgreSQL sent them: never parsed, never encoded again
-    )
-    for batch in batches:
-        try:
-            out.write(batch_lines(batch, per_batch=per_batch))
-            out.flush()
-        except BrokenPipeError:  # `follow | head`: the reader is gone; this batch stays unacknowledged
-            batches.close()
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-            return
-        handed += 1
-        if limit is not None and handed >= limit:
-            with contextlib.suppress(StopIteration):
-                batches.send(True)  # acknowledge this last batch, then stop
-            break
-    click.echo(f"handed over {handed} batches", err=True)
+    name = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    names = [name] if parallel == 1 or limit is not None else [f"{name}/{index}" for index in range(parallel)]
+    exporter = _Exporter(sys.stdout.buffer, per_batch=per_batch, limit=limit)
+    try:
+        asyncio.run(exporter.run(group, names, from_start=from_start, claim_idle=claim_idle, idle_exit=idle_exit))
+    except BrokenPipeError:  # `follow | head`: the reader is gone; the batch being written stays unacknowledged
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return
+    click.echo(f"handed over {exporter.handed} batches", err=True)
+    if exporter.interrupted:
+        raise click.Abort()
+
+
+class _Exporter:
+    """Consumers of one group in one process: each loads its own batches (its own session and connections,
+    never shared), and writes them whole, one at a time, in a thread, so the others keep loading."""
+
+    def __init__(self, out: BinaryIO, *, per_batch: bool, limit: int | None) -> None:
+        self.out, self.per_batch, self.limit = out, per_batch, limit
+        self.handed = 0
+        self.writing = asyncio.Lock()
+        self.stop = asyncio.Event()
+        self.interrupted = False
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.out.flush()
+
+    def _interrupt(self) -> None:
+        self.interrupted = True
+        self.stop.set()
+
+    async def run(
+        self, group: str, names: list[str], *, from_start: bool, claim_idle: float, idle_exit: float | None
+    ) -> None:
+        """Ctrl-C (or SIGTERM) stops every consumer after its current read: what was written is acknowledged,
+        nothing is left half-written or half-acknowledged."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._interrupt)
+        await asyncio.gather(*(self._consume(group, name, from_start, claim_idle, idle_exit) for name in names))
+
+    async def _consume(
+        self, group: str, name: str, from_start: bool, claim_idle: float, idle_exit: float | None
+    ) -> None:
+        batches = follow_ingested_async(
+            group,
+            name,
+            from_start=from_start,
+            claim_idle_s=claim_idle,
+            idle_exit_s=idle_exit,
+            raw_json=True,  # steps and meta go out as PostgreSQL sent them: never parsed, never encoded again
+            stop=self.stop,
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                data = batch_lines(batch, per_batch=self.per_batch)
+                async with self.writing:  # whole batches: lines of two batches never interleave
+                    await asyncio.to_thread(self._write, data)
+                self.handed += 1
+                if self.limit is not None and self.handed >= self.limit:
+                    with contextlib.suppress(StopAsyncIteration):
+                        await batches.asend(True)  # acknowledge this last batch, then stop
+                    return
