@@ -42,6 +42,11 @@ def is_claim_check(message: Any) -> bool:
     return isinstance(message, dict) and "traces" not in message
 
 
+def body_missing(message: Any, body: bytes | None) -> bool:
+    """A claim check whose body custody no longer had when its delivery started."""
+    return is_claim_check(message) and body is None
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -147,7 +152,7 @@ async def park_failed_message(
     session: AsyncSession, message: Any, *, reason: str, attempts: int, limits: Limits, body: bytes | None = None
 ) -> IngestResult:
     """Keep a valid batch that could not be stored in time as `failed`, raw payload included, for re-drive."""
-    if is_claim_check(message) and body is None:
+    if body_missing(message, body):
         return await _park_without_body(session, message, attempts=attempts)
     batch = parse_delivery(message, body, limits)
     return await _record_failed(
@@ -214,7 +219,7 @@ async def ingest_message(
     A batch id reused for other content is reported as a conflict and leaves the stored batch untouched.
     A claim check whose body is gone is settled by `settle_missing_body`.
     """
-    if is_claim_check(message) and body is None:
+    if body_missing(message, body):
         try:
             return await settle_missing_body(session, message, publisher=publisher, attempts=attempts)
         except BatchRejected as rejected:

@@ -13,7 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from models.schemas import IngestResult
 from models.tables import BatchState
-from services.delivery import ingest_message, is_claim_check, park_failed_message
+from services.delivery import body_missing, ingest_message, is_claim_check, park_failed_message
 from services.errors import IngestError
 from services.reprocess import (
     RefreshedChunk,
@@ -36,12 +36,16 @@ log = logging.getLogger(__name__)
 DELIVERY_COUNTER_TTL_S = 24 * 3600
 
 
+def _counter_key(message: dict[str, Any]) -> str:
+    return delivery_counter_key(str(message.get("batch_id")))
+
+
 async def _start(runtime: Runtime, message: dict[str, Any]) -> custody.Delivery:
     """Custody's bookkeeping for this delivery and, for a claim check, its body: one round trip."""
     return await custody.start_delivery(
         runtime.redis,
         custody.record_of(message),
-        counter_key=delivery_counter_key(str(message.get("batch_id"))),
+        counter_key=_counter_key(message),
         counter_ttl_s=DELIVERY_COUNTER_TTL_S,
         fetch_body=is_claim_check(message),
     )
@@ -58,16 +62,15 @@ async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
             limits=runtime.limits,
             attempts=delivery.deliveries,
         )
-    if is_claim_check(message) and delivery.body is None and result.state == BatchState.FAILED:
+    if body_missing(message, delivery.body) and result.state == BatchState.FAILED:
         await custody.count(runtime.redis, custody.BODIES_MISSING)
     await custody.release(runtime.redis, custody.record_of(message))  # every outcome is final and in PostgreSQL
     return result
 
 
-async def _park(runtime: Runtime, message: dict[str, Any], reason: str) -> IngestResult:
+async def _park(runtime: Runtime, message: dict[str, Any], reason: str, *, attempts: int) -> IngestResult:
     record = custody.record_of(message)
     body = await custody.stored_body(runtime.redis, record) if is_claim_check(message) else None
-    attempts = int(await runtime.redis.get(delivery_counter_key(str(message.get("batch_id")))) or 1)
     async with runtime.session() as session:
         result = await park_failed_message(
             session, message, body=body, reason=reason, attempts=attempts, limits=runtime.limits
@@ -88,7 +91,7 @@ def _note_requeue(runtime: Runtime, message: dict[str, Any]) -> None:
 def _deliveries_so_far(runtime: Runtime, message: dict[str, Any], fallback: int) -> int:
     """The batch's delivery count (custody counts it as each delivery starts), or `fallback` if Redis is away."""
     try:
-        counted = runtime.run(runtime.redis.get(delivery_counter_key(str(message.get("batch_id")))))
+        counted = runtime.run(runtime.redis.get(_counter_key(message)))
     except Exception:
         return fallback
     return int(counted or fallback)
@@ -122,7 +125,7 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
             _note_requeue(runtime, message)
             raise self.retry(countdown=decision.retry_in) from None
         try:
-            return runtime.run(_park(runtime, message, decision.reason)).model_dump(mode="json")
+            return runtime.run(_park(runtime, message, decision.reason, attempts=deliveries)).model_dump(mode="json")
         except Exception as park_error:
             if not is_transient(park_error):
                 raise
