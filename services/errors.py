@@ -12,6 +12,8 @@ class TraceError(NamedTuple):
     trace_index: int | None
     field_path: str
     message: str
+    #: The rule that failed, in pydantic's words ("missing", "string_too_short", …): the HTTP API's `type`.
+    kind: str = "value_error"
 
     def __str__(self) -> str:
         where = "batch" if self.trace_index is None else f"trace {self.trace_index}"
@@ -30,6 +32,18 @@ class BatchRejected(IngestError):
         shown = "; ".join(str(error) for error in self.errors[:10])
         more = f" (and {len(self.errors) - 10} more)" if len(self.errors) > 10 else ""
         super().__init__(f"batch rejected, {len(self.errors)} problem(s): {shown}{more}")
+
+
+class BatchSizeOutOfRange(BatchRejected):
+    """The batch holds no trace, or more than the limit (the HTTP API answers these `400`, as the seed does)."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count = count
+        self.limit = limit
+        reason = (
+            "a batch needs at least one trace" if not count else f"{count} traces exceeds maximum of {limit} per batch"
+        )
+        super().__init__([TraceError(None, "traces", reason)])
 
 
 class BatchConflict(BatchRejected):

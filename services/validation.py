@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from models.schemas import TraceFields, TraceIn
-from services.errors import BatchRejected, TraceError
+from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
 
 _FAST = TypeAdapter(list[TraceFields])
 _PRECISE = TypeAdapter(list[TraceIn])
@@ -65,15 +65,13 @@ def _trace_errors(error: ValidationError) -> list[TraceError]:
         message = detail["msg"].removeprefix("Value error, ")
         if detail["type"] == "string_unicode":
             message = "contains a lone surrogate, which is not valid UTF-8"
-        problems.append(TraceError(int(index), field_path(rest), message))
+        problems.append(TraceError(int(index), field_path(rest), message, detail["type"]))
     return problems
 
 
 def _check_count(count: int, max_batch: int) -> None:
-    if not count:
-        raise BatchRejected([TraceError(None, "traces", "a batch needs at least one trace")])
-    if count > max_batch:
-        raise BatchRejected([TraceError(None, "traces", f"{count} traces exceeds maximum of {max_batch} per batch")])
+    if not count or count > max_batch:
+        raise BatchSizeOutOfRange(count, max_batch)
 
 
 def _too_big(size: str, max_bytes: int) -> BatchRejected:

@@ -23,7 +23,8 @@ class JsonlLine(NamedTuple):
     problem: str | None
 
 
-def _loads(raw: bytes) -> Any:
+def loads_json(raw: bytes) -> Any:
+    """orjson, falling back to the standard parser for what orjson refuses but validation should name."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -31,8 +32,8 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-def read_jsonl(lines: Iterable[bytes]) -> Iterator[JsonlLine]:
-    for number, raw in enumerate(lines, start=1):
+def read_jsonl(lines: Iterable[bytes], *, first_number: int = 1) -> Iterator[JsonlLine]:
+    for number, raw in enumerate(lines, start=first_number):
         if not raw.strip():
             continue
         try:
@@ -41,7 +42,7 @@ def read_jsonl(lines: Iterable[bytes]) -> Iterator[JsonlLine]:
             yield JsonlLine(number, None, f"not valid UTF-8 (byte {error.start})")
             continue
         try:
-            value = _loads(raw)
+            value = loads_json(raw)
         except json.JSONDecodeError as error:
             yield JsonlLine(number, None, f"not valid JSON ({error.msg} at column {error.colno})")
             continue
@@ -51,17 +52,28 @@ def read_jsonl(lines: Iterable[bytes]) -> Iterator[JsonlLine]:
         yield JsonlLine(number, value, None)
 
 
+class JsonlProblem(NamedTuple):
+    """Why one line was left out: its number, the field at fault (None when the line itself is), the reason."""
+
+    line: int
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.message}" if self.field else f"line {self.line}: {self.message}"
+
+
 class JsonlOutcome(NamedTuple):
     """What enqueueing a JSONL file did: receipts of the batches sent, and every problem by line number."""
 
     receipts: list[BatchReceipt]
-    #: (line number, "line N: field: reason"), in line order; a line may have several problems.
-    problems: list[tuple[int, str]]
+    #: In line order; a line may have several problems.
+    problems: list[JsonlProblem]
     lines: int
 
     @property
     def invalid_lines(self) -> int:
-        return len({number for number, _ in self.problems})
+        return len({problem.line for problem in self.problems})
 
     @property
     def traces_enqueued(self) -> int:
@@ -84,14 +96,17 @@ def chunk_batch_id(source: str, traces: list[Any]) -> uuid.UUID:
     return uuid.uuid5(_CHUNK_NAMESPACE, f"{source}\x00{hashlib.sha256(content).hexdigest()}")
 
 
-def _send(traces: list[Any], source: str) -> BatchReceipt:
-    """Enqueue one chunk, waiting out backpressure and retrying an unknown outcome with the same batch id."""
+def _send(traces: list[Any], source: str, wait_when_full: bool) -> BatchReceipt:
+    """Enqueue one chunk, waiting out backpressure (or raising `QueueFull`) and retrying an unknown outcome
+    with the same batch id."""
     batch_id = chunk_batch_id(source, traces)
     unconfirmed = 0
     while True:
         try:
             return enqueue_batch(traces, source=source, batch_id=batch_id)
         except QueueFull as full:  # nothing was enqueued: the workers catch up, then the same chunk goes
+            if not wait_when_full:
+                raise
             time.sleep(full.retry_after)
         except EnqueueFailed:
             unconfirmed += 1
@@ -100,23 +115,27 @@ def _send(traces: list[Any], source: str) -> BatchReceipt:
             time.sleep(unconfirmed)
 
 
-def _enqueue_chunk(chunk: list[JsonlLine], source: str, problems: list[tuple[int, str]]) -> list[BatchReceipt]:
+def _enqueue_chunk(
+    chunk: list[JsonlLine], source: str, problems: list[JsonlProblem], wait_when_full: bool
+) -> list[BatchReceipt]:
     """Enqueue the valid traces of `chunk`; note each invalid one by line number and leave it out.
     A chunk over the byte limit is split in halves; a single trace over it is reported as its line."""
     while chunk:
         try:
-            return [_send([line.value for line in chunk], source)]
+            return [_send([line.value for line in chunk], source, wait_when_full)]
         except BatchRejected as rejected:
             per_trace = [error for error in rejected.errors if error.trace_index is not None]
             if not per_trace:  # the batch as a whole is too big
                 if len(chunk) == 1:
-                    problems.append((chunk[0].number, f"line {chunk[0].number}: {rejected.errors[0].message}"))
+                    problems.append(JsonlProblem(chunk[0].number, None, rejected.errors[0].message))
                     return []
                 half = len(chunk) // 2
-                return _enqueue_chunk(chunk[:half], source, problems) + _enqueue_chunk(chunk[half:], source, problems)
+                return _enqueue_chunk(chunk[:half], source, problems, wait_when_full) + _enqueue_chunk(
+                    chunk[half:], source, problems, wait_when_full
+                )
             for error in per_trace:
                 number = chunk[error.trace_index].number  # type: ignore[index]
-                problems.append((number, f"line {number}: {error.field_path}: {error.message}"))
+                problems.append(JsonlProblem(number, error.field_path, error.message))
             invalid = {error.trace_index for error in per_trace}
             chunk = [line for index, line in enumerate(chunk) if index not in invalid]
     return []
@@ -128,15 +147,19 @@ def enqueue_jsonl(
     source: str,
     batch_size: int,
     progress: Callable[[list[list[JsonlLine]]], Iterable[list[JsonlLine]]] = iter,
+    wait_when_full: bool = True,
 ) -> JsonlOutcome:
     """Enqueue every valid line in batches of `batch_size`; every invalid line is reported and left out, and
-    nothing valid is lost because of it (`tunix-ingest enqueue` and `run --file` share this). Raises
-    `BatchRejected` for a bad `source` before anything is sent."""
+    nothing valid is lost because of it (`tunix-ingest enqueue`, `run --file` and the HTTP API share this).
+
+    Raises `BatchRejected` for a bad `source` before anything is sent, and `QueueFull` instead of waiting when
+    `wait_when_full` is off: sending the same lines again stores nothing twice (chunk ids follow content).
+    """
     check_source(source)
-    problems = [(line.number, f"line {line.number}: {line.problem}") for line in lines if line.problem]
+    problems = [JsonlProblem(line.number, None, line.problem) for line in lines if line.problem]
     good = [line for line in lines if line.value is not None]
     chunks = [good[start : start + batch_size] for start in range(0, len(good), batch_size)]
     receipts: list[BatchReceipt] = []
     for chunk in progress(chunks):
-        receipts += _enqueue_chunk(chunk, source, problems)
-    return JsonlOutcome(receipts, sorted(problems, key=lambda problem: problem[0]), len(lines))
+        receipts += _enqueue_chunk(chunk, source, problems, wait_when_full)
+    return JsonlOutcome(receipts, sorted(problems, key=lambda problem: problem.line), len(lines))

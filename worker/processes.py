@@ -92,3 +92,12 @@ def flower_process(log_dir: Path, port: int, address: str = "127.0.0.1") -> Chil
     return ChildProcess(
         "flower", celery_command("flower", f"--address={address}", f"--port={port}"), log_dir / "flower.log"
     )
+
+
+def api_process(
+    log_dir: Path, port: int, *, host: str = "127.0.0.1", workers: int = 1, env: dict[str, str] | None = None
+) -> ChildProcess:
+    """`tunix-ingest serve`: the HTTP enqueue API (ready once its log says "Application startup complete")."""
+    command = [sys.executable, "-c", "from worker.cli import main; main()", "serve"]
+    options = ["--host", host, "--port", str(port), "--workers", str(workers)]
+    return ChildProcess("api", [*command, *options], log_dir / f"api-{port}.log", env=env)

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)
     db_pool_size: int = Field(2, ge=1)
 
+    #: Bearer tokens of the HTTP API, comma-separated. When set, every /api request needs one; without them the
+    #: API answers only on loopback.
+    ingest_api_tokens: SecretStr | None = None
     #: "user:password" for Flower's basic auth; required when Flower listens beyond loopback.
     flower_basic_auth: SecretStr | None = None
 

@@ -11,7 +11,7 @@ def test_bench_reports_every_figure_as_json() -> None:
     done = cli("bench", "--traces", "2000", "--batch-size", "500", "--latency-batches", "10", "--json", timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    for rate in ("drain_rate", "copy_rate", "enqueue_rate", "seed_rate", "small_batch_rate"):
+    for rate in ("drain_rate", "copy_rate", "enqueue_rate", "seed_rate", "small_batch_rate", "http_enqueue_rate"):
         assert figures[rate] > 0
     assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
     assert figures["seed_speedup"] == figures["drain_rate"] / figures["seed_rate"]
@@ -19,6 +19,8 @@ def test_bench_reports_every_figure_as_json() -> None:
     assert 0.5 < figures["redis_memory_ratio"] < 5  # a measured ratio of real memory to real bodies
     assert figures["latency_ms"]["batches"] == 10
     assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
+    assert figures["http_wait_ms"]["batches"] == 10
+    assert 0 < figures["http_wait_ms"]["p50"] <= figures["http_wait_ms"]["p99"]
     assert figures["rss_start_mib"] > 0 and figures["rss_end_mib"] > 0
     assert figures["traces"] == 2000 and figures["processes"] == 2
 
@@ -31,6 +33,8 @@ def test_bench_prints_a_table_for_people() -> None:
         "raw COPY ceiling (1 connections)",
         "drain / COPY ratio",
         "enqueue rate",
+        "HTTP enqueue rate (1 uvicorn, 4 clients)",
+        "HTTP ?wait until 201",
         "p99",
         "drain rate in 100-trace batches",
         "worker RSS",

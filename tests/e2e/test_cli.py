@@ -177,7 +177,7 @@ def test_run_on_throwaway_servers_ingests_a_sample_and_leaves_nothing_behind(tmp
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stored 1500 traces in 3 batches, rejected 0" in done.stdout
-    assert "Flower: http://127.0.0.1:" in done.stdout
+    assert "Flower: http://127.0.0.1:" in done.stdout and "HTTP API: http://127.0.0.1:" in done.stdout
     assert _processes_under(state) == []
     assert not (state / "postgres").exists() and not (state / "redis").exists()
 

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from celery.result import AsyncResult
 from ruamel.yaml import YAML
@@ -170,7 +171,8 @@ def procfile_commands() -> dict[str, str]:
 
 def _normalized(command: str) -> list[str]:
     command = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", command.removeprefix("exec "))
-    return [word for word in shlex.split(command) if not word.startswith("--address=")]  # loopback vs container
+    words = shlex.split(command)
+    return [word for word in words if not word.startswith(("--address=", "--host=", "--workers="))]  # vs container
 
 
 def test_docker_compose_is_valid_and_runs_what_the_procfile_runs() -> None:
@@ -194,11 +196,13 @@ def test_docker_compose_is_valid_and_runs_what_the_procfile_runs() -> None:
         ("worker", "worker"),
         ("beat", "beat"),
         ("flower", "flower"),
+        ("web", "api"),
     ):
         assert _normalized(services[service]["command"]) == _normalized(procfile[procfile_name])
     assert "--appendonly" in services["redis"]["command"] and "--requirepass" in services["redis"]["command"]
     assert "healthcheck" in services["postgres"]
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    assert "INGEST_API_TOKENS" in services["api"]["environment"]
 
 
 def test_procfile_runs_under_honcho_release_first(database_url: str, tmp_path: Path) -> None:
@@ -220,7 +224,7 @@ def test_procfile_runs_under_honcho_release_first(database_url: str, tmp_path: P
     log = tmp_path / "honcho.log"
     with log.open("w") as output:
         running = subprocess.Popen(
-            [honcho, "-f", str(ROOT / "Procfile"), "start", "worker", "beat", "flower"],
+            [honcho, "-f", str(ROOT / "Procfile"), "start", "worker", "beat", "flower", "web"],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -240,13 +244,26 @@ def test_procfile_runs_under_honcho_release_first(database_url: str, tmp_path: P
             timeout=30,
             what="Flower under honcho",
         )
+        # honcho gives each process its PORT, as a platform would: the API says where it listens.
+        listening = wait_for(
+            lambda: re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text()),
+            timeout=30,
+            what="the HTTP API under honcho",
+        )
+        web = str(listening.group(1)) if listening else ""
+        assert http_get(f"{web}/readyz")[0] == 200
+        answer = httpx.post(f"{web}/api/traces/batch?wait=30", json=list(generate_traces(5)), timeout=60)
+        assert answer.status_code == 201 and answer.json()["created_count"] == 5
     finally:
         running.send_signal(signal.SIGTERM)
         code = running.wait(60)
     assert code == 128 + signal.SIGTERM, log.read_text()[-3000:]  # honcho reports the signal it was stopped by
     for process in ("worker.1", "beat.1", "flower.1"):
         assert f"{process} stopped (rc=0)" in log.read_text()  # each one shut down cleanly
-    assert scalar(database_url, "SELECT count(*) FROM trace") == 20
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so that its exit status tells why it stopped.
+    assert "web.1    | INFO:     Application shutdown complete." in log.read_text()
+    assert "web.1 stopped (rc=-15)" in log.read_text()
+    assert scalar(database_url, "SELECT count(*) FROM trace") == 25
 
 
 def test_metrics_endpoint_serves_ingest_figures(worker_process: WorkerProcess, tmp_path: Path) -> None:

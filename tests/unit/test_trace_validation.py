@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from models.schemas import META_MAX_BYTES, TraceIn
-from services.errors import BatchRejected, TraceError
+from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
 from services.validation import field_path, validate_body, validate_traces
 from tests.conftest import SAMPLE_DATA
 
@@ -39,10 +39,13 @@ def test_empty_batch_is_rejected_saying_at_least_one() -> None:
     error = rejection([])
     assert "at least one" in str(error)
     assert error.errors == [TraceError(None, "traces", "a batch needs at least one trace")]
+    assert isinstance(error, BatchSizeOutOfRange) and (error.count, error.limit) == (0, 1000)
 
 
 def test_1001_traces_are_rejected_saying_exceeds_maximum() -> None:
-    assert "exceeds maximum" in str(rejection([trace()] * 1001))
+    error = rejection([trace()] * 1001)
+    assert "exceeds maximum" in str(error)
+    assert isinstance(error, BatchSizeOutOfRange) and (error.count, error.limit) == (1001, 1000)
 
 
 def test_oversize_payload_is_rejected_before_trace_validation() -> None:
@@ -52,7 +55,7 @@ def test_oversize_payload_is_rejected_before_trace_validation() -> None:
 
 def test_trace_missing_final_answer_is_rejected_with_its_index() -> None:
     error = rejection([trace(), trace(), trace(final_answer=...)])
-    assert error.errors == [TraceError(2, "final_answer", "Field required")]
+    assert error.errors == [TraceError(2, "final_answer", "Field required", "missing")]
 
 
 def test_duplicate_step_indices_are_rejected() -> None:

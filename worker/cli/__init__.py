@@ -12,6 +12,7 @@ from worker.cli.common import ExpectedFailure
 from worker.cli.follow import follow
 from worker.cli.ops import metrics, migrate, stats
 from worker.cli.run import run
+from worker.cli.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +23,7 @@ def cli() -> None:
     """
 
 
-for command in (run, enqueue, status, redrive, migrate, stats, metrics, bench, follow):
+for command in (run, serve, enqueue, status, redrive, migrate, stats, metrics, bench, follow):
     cli.add_command(command)
 
 

@@ -53,8 +53,8 @@ def enqueue(file: BinaryIO, source: str, batch_size: int, wait: bool, timeout: f
         f"enqueued {outcome.traces_enqueued} traces in {len(outcome.receipts)} batches; "
         f"{outcome.invalid_lines} lines rejected"
     )
-    for _, problem in outcome.problems:
-        click.echo(problem, err=True)
+    for problem in outcome.problems:
+        click.echo(str(problem), err=True)
     if wait:
         stored, rejected = wait_for_outcomes(outcome.receipts, timeout=timeout)
         click.echo(f"stored {stored} traces; rejected {rejected}")

@@ -31,10 +31,12 @@ from worker.bench_drain import (
     wait_until_published,
     worker_pids,
 )
+from worker.bench_http import HTTP_CLIENTS, http_enqueue_rate, wait_latency_ms
 from worker.bench_seed import seed_pattern_rate
 from worker.celery_app import app
-from worker.local_stack import PostgresServer, RedisServer
+from worker.local_stack import PostgresServer, RedisServer, free_port
 from worker.migrate import upgrade_to_head
+from worker.processes import api_process
 from worker.sample_traces import generate_traces
 from worker.settings import environment, get_settings
 
@@ -65,6 +67,7 @@ def _measure(
     batches = _chunks(traces, batch_size)
     small = _chunks(list(generate_traces(100 * CAPACITY_BATCHES, seed=9, padding=BENCH_PADDING)), 100)
     paced = _chunks(list(generate_traces(100 * latency_batches, seed=8, padding=BENCH_PADDING)), 100)
+    paced_http = _chunks(list(generate_traces(100 * latency_batches, seed=10, padding=BENCH_PADDING)), 100)
     # A streaming producer holds no such heap: keep the cyclic GC from re-scanning the bench's own data set
     # (millions of objects) during the timed enqueue, which would cost ~20 % that is not the enqueue path's.
     gc.freeze()
@@ -81,9 +84,12 @@ def _measure(
     # The whole backlog is queued now and no worker runs: what Redis holds per batch over the batch's body.
     bodies = sum(len(orjson.dumps(batch, option=orjson.OPT_SORT_KEYS)) for batch in batches)
     figures["redis_memory_ratio"] = (redis_used_memory(redis) - memory_before) / bodies
-    redis.close()
+    api_port = free_port()
+    api = api_process(work_dir / "logs", api_port).start()
+    api_url = f"http://127.0.0.1:{api_port}"
     nodes = start_workers(work_dir / "logs", processes, pool)
     try:
+        api.wait_for_log(b"Application startup complete")
         figures["rss_start_mib"] = rss_mib(nodes)
         meters: dict[str, Callable[[], float]] = {
             "workers": lambda: cpu_seconds(worker_pids(nodes)),
@@ -107,10 +113,19 @@ def _measure(
             settings.redis_url.get_secret_value(),
             settings.ingest_events_stream,
         )
+        figures["http_wait_ms"] = wait_latency_ms(api_url, paced_http, figures["small_batch_rate"] / 2)
         figures["rss_end_mib"] = rss_mib(nodes)
+        for node in nodes:
+            node.stop()
+        # With no worker left, the HTTP API's figure is its own, like the Python producer's above.
+        figures["http_clients"] = HTTP_CLIENTS
+        figures["http_enqueue_rate"] = http_enqueue_rate(api_url, batches)
+        redis.flushdb()  # the HTTP copies are not drained: the phases below use only PostgreSQL
     finally:
         for node in nodes:
             node.stop()
+        api.stop()
+        redis.close()
     figures["copy_rate"] = asyncio.run(copy_ceiling(dsn, batches, connections=processes))
     figures["ratio"] = figures["drain_rate"] / figures["copy_rate"]
     seed_batches = batches[: max(1, SEED_PATTERN_TRACES // batch_size)]
@@ -136,10 +151,18 @@ def _table(f: dict[str, Any]) -> str:
             f"{f['seed_rate']:,.0f} traces/s on {f['seed_traces']:,} of them; drain is {f['seed_speedup']:.1f}x",
         ),
         ("enqueue rate (1 producer, validated)", f"{f['enqueue_rate']:,.0f} traces/s"),
+        (
+            f"HTTP enqueue rate (1 uvicorn, {f['http_clients']} clients)",
+            f"{f['http_enqueue_rate']:,.0f} traces/s ({f['http_enqueue_rate'] / f['enqueue_rate']:.2f}x the producer)",
+        ),
         ("drain rate in 100-trace batches", f"{f['small_batch_rate']:,.0f} traces/s"),
         (
             "latency enqueue->published at half that",
             f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms ({latency['batches']} batches of 100)",
+        ),
+        (
+            "HTTP ?wait until 201 at that load",
+            f"p50 {f['http_wait_ms']['p50']:.1f} ms, p99 {f['http_wait_ms']['p99']:.1f} ms",
         ),
         (
             "CPU per trace during the drain",
@@ -173,8 +196,8 @@ def _table(f: dict[str, Any]) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, as_json: bool) -> None:
-    """Measure drain rate against the raw COPY ceiling and the seed pattern, enqueue rate, latency, worker RSS
-    and Redis memory per queued batch.
+    """Measure drain rate against the raw COPY ceiling and the seed pattern, enqueue rate (Python and HTTP),
+    latency (also of the HTTP API's ?wait), worker RSS and Redis memory per queued batch.
 
     Runs on its own throwaway PostgreSQL and Redis (fsync off for both paths alike) and removes them after.
     """

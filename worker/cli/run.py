@@ -20,7 +20,7 @@ from worker.enqueue import wait_for_outcomes
 from worker.jsonl import JsonlLine, enqueue_jsonl, read_jsonl
 from worker.local_stack import PostgresServer, RedisServer, free_port
 from worker.migrate import upgrade_to_head
-from worker.processes import beat_process, flower_process, worker_process
+from worker.processes import api_process, beat_process, flower_process, worker_process
 from worker.sample_traces import generate_traces
 from worker.settings import get_settings, redact
 from worker.stats import collect_stats
@@ -70,8 +70,8 @@ def _lines(file: Path | None, count: int) -> list[JsonlLine]:
 def _ingest(lines: list[JsonlLine], batch_size: int) -> dict[str, Any]:
     started = time.perf_counter()
     outcome = enqueue_jsonl(lines, source="tunix-ingest run", batch_size=batch_size)
-    for _, problem in outcome.problems:
-        click.echo(problem, err=True)
+    for problem in outcome.problems:
+        click.echo(str(problem), err=True)
     stored, rejected = wait_for_outcomes(outcome.receipts, timeout=300)
     elapsed = time.perf_counter() - started
     return {
@@ -87,14 +87,16 @@ def _ingest(lines: list[JsonlLine], batch_size: int) -> dict[str, Any]:
 def _run_processes(
     log_dir: Path, concurrency: int, keep_running: bool, ingest: Callable[[], dict[str, Any]]
 ) -> str | None:
-    """Start worker, beat and Flower, ingest, print the summary; stop the processes before the servers go.
-    Returns what was wrong with the input, if anything."""
-    flower_port = free_port()
+    """Start worker, beat, Flower and the HTTP API, ingest, print the summary; stop the processes before the
+    servers go. Returns what was wrong with the input, if anything."""
+    flower_port, api_port = free_port(), free_port()
     worker = worker_process("run", log_dir, concurrency=concurrency).start()
-    children = [worker, beat_process(log_dir).start(), flower_process(log_dir, flower_port).start()]
+    api = api_process(log_dir, api_port)
+    children = [worker, beat_process(log_dir).start(), flower_process(log_dir, flower_port).start(), api.start()]
     try:
         worker.wait_for_log(b" ready.")
-        click.echo(f"worker ready ({concurrency} processes); beat and Flower started; logs in {log_dir}")
+        api.wait_for_log(b"Application startup complete")
+        click.echo(f"worker ready ({concurrency} processes); beat, Flower and the HTTP API started; logs in {log_dir}")
         summary = ingest()
         figures = collect_stats()
         click.echo(
@@ -102,7 +104,8 @@ def _run_processes(
             f"{summary['rate']:.0f} traces/s end to end ({summary['seconds']:.1f} s)\n"
             f"database now holds {figures.traces_stored} traces; unpublished batches: "
             f"{figures.unpublished_batches}; queue depth: {figures.queue_depth}\n"
-            f"Flower: http://127.0.0.1:{flower_port}/  database: {redact(os.environ['DATABASE_URL'])}"
+            f"Flower: http://127.0.0.1:{flower_port}/  HTTP API: http://127.0.0.1:{api_port}/ (docs at /docs)  "
+            f"database: {redact(os.environ['DATABASE_URL'])}"
         )
         if summary["invalid_lines"]:
             click.echo(f"{summary['invalid_lines']} (see above)", err=True)
@@ -145,7 +148,7 @@ def _run_processes(
     "--keep-running/--exit-after-ingest",
     default=True,
     show_default=True,
-    help="Keep worker, beat and Flower running until Ctrl-C, or stop after the summary.",
+    help="Keep worker, beat, Flower and the HTTP API running until Ctrl-C, or stop after the summary.",
 )
 def run(
     trace_count: int,
@@ -155,7 +158,7 @@ def run(
     state_dir: Path,
     keep_running: bool,
 ) -> None:
-    """Run the main job: servers, migrations, worker + beat + Flower, a sample ingest and its summary.
+    """Run the main job: servers, migrations, worker + beat + Flower + HTTP API, a sample ingest and its summary.
 
     Without DATABASE_URL / REDIS_URL it starts throwaway PostgreSQL and Redis under --state-dir and removes
     them on exit. Ctrl-C stops every process it started.

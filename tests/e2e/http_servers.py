@@ -1,0 +1,27 @@
+"""Real `tunix-ingest serve` processes on free loopback ports, for the HTTP API's tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from worker.local_stack import free_port
+from worker.processes import ChildProcess, api_process
+
+
+class ApiServer:
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: ChildProcess = api_process(log_dir, self.port, env={**os.environ, **(env or {})})
+
+    def start(self) -> ApiServer:
+        self.process.start()
+        self.process.wait_for_log(b"Application startup complete")
+        return self
+
+    def log(self) -> str:
+        return self.process.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -1,0 +1,46 @@
+"""Bearer tokens (`INGEST_API_TOKENS`): required on every /api request when set; without them the API answers
+only requests that arrive on a loopback address, like Flower without auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from worker.flower_guard import is_loopback
+from worker.settings import get_settings
+
+bearer = HTTPBearer(auto_error=False, description="A token from INGEST_API_TOKENS.")
+
+
+def api_tokens() -> list[bytes]:
+    configured = get_settings().ingest_api_tokens
+    if configured is None:
+        return []
+    return [token.strip().encode() for token in configured.get_secret_value().split(",") if token.strip()]
+
+
+def _listens_on_loopback(request: Request) -> bool:
+    server = request.scope.get("server")
+    return server is None or server[1] is None or is_loopback(str(server[0]))  # None: a Unix socket
+
+
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    tokens = api_tokens()
+    if not tokens:
+        if not _listens_on_loopback(request):
+            raise _unauthorized("this server is reachable beyond loopback: set INGEST_API_TOKENS to use it")
+        return
+    offered = credentials.credentials.encode() if credentials else b""
+    # Compare with every token in constant time: how far a guess matched must not show in the timing.
+    matches = [hmac.compare_digest(offered, token) for token in tokens]
+    if not any(matches):
+        raise _unauthorized("a valid bearer token is required")

@@ -1,0 +1,182 @@
+"""`POST /api/traces/batch` (the seed's endpoint, plus `?wait`, `Idempotency-Key`, `?source`) and
+`POST /api/traces/jsonl`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
+
+from models.schemas import TraceIn
+from services.errors import BatchRejected, QueueFull, TraceError
+from worker.enqueue import BatchReceipt, check_source, enqueue_batch_async
+from worker.http_api.auth import require_token
+from worker.http_api.body import OverlongLine, body_lines, read_bounded
+from worker.http_api.errors import queue_full_response
+from worker.http_api.models import JsonlAccepted, LineProblem, Receipt, SeedBatchCreated
+from worker.http_api.waiting import outcome
+from worker.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, loads_json, read_jsonl
+from worker.settings import get_settings
+
+router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Depends(require_token)])
+
+#: Batch ids of `Idempotency-Key`s that are not UUIDs are derived under this namespace.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c9a52-8a8e-4b8e-a2a1-6a3e2d7c5b40")
+
+Source = Annotated[str, Query(description="The producer's name, stored with the batch.")]
+
+
+def batch_id_for(idempotency_key: str | None) -> uuid.UUID | None:
+    """The key itself when it is a UUID, else a UUIDv5 of it: the same key always names the same batch."""
+    if idempotency_key is None:
+        return None
+    try:
+        return uuid.UUID(idempotency_key)
+    except ValueError:
+        return uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key)
+
+
+def _trace_array(body: bytes) -> list[Any]:
+    """The body as a JSON array (its traces are validated by `enqueue_batch`, the one set of rules)."""
+    try:
+        value = loads_json(body)
+    except UnicodeDecodeError as error:
+        raise BatchRejected(
+            [TraceError(None, "body", f"not valid UTF-8 (byte {error.start})", "json_invalid")]
+        ) from None
+    except json.JSONDecodeError as error:
+        reason = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        raise BatchRejected([TraceError(None, "body", reason, "json_invalid")]) from None
+    if not isinstance(value, list):
+        raise BatchRejected([TraceError(None, "body", "the body must be a JSON array of traces", "list_type")])
+    return value
+
+
+def _receipt(request: Request, receipt: BatchReceipt) -> Receipt:
+    return Receipt(
+        batch_id=receipt.batch_id,
+        trace_count=receipt.trace_count,
+        status_url=request.app.url_path_for("batch_status", batch_id=str(receipt.batch_id)),
+    )
+
+
+_TRACE_ARRAY_SCHEMA = TypeAdapter(list[TraceIn]).json_schema(ref_template="#/components/schemas/{model}")
+#: The models the request body's schema refers to, for the OpenAPI components.
+TRACE_SCHEMA_DEFS: dict[str, Any] = _TRACE_ARRAY_SCHEMA.pop("$defs", {})
+
+
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=Receipt,
+    responses={
+        201: {"model": SeedBatchCreated, "description": "Stored (with `?wait`): the seed's own response."},
+        400: {"description": "Empty, or more than INGEST_MAX_BATCH traces (the seed's messages)."},
+        409: {"description": "The Idempotency-Key was used for other traces."},
+        413: {"description": "The body passes INGEST_MAX_BATCH_BYTES."},
+        422: {"description": "Invalid traces: `detail` lists each by `loc` (body, trace index, field)."},
+        429: {"description": "The queue is full; retry after `Retry-After` seconds. Nothing was enqueued."},
+        503: {"description": "Redis did not confirm: retry with the `batch_id` given (never stored twice)."},
+    },
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _TRACE_ARRAY_SCHEMA}}}},
+)
+async def post_batch(
+    request: Request,
+    wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the batch to be stored.")] = 0,
+    source: Source = "http",
+    idempotency_key: Annotated[str | None, Header(description="Retries with the same key store one copy.")] = None,
+) -> Any:
+    """Enqueue a JSON array of traces as one batch (the seed's request body, byte for byte)."""
+    settings = get_settings()
+    traces = _trace_array(await read_bounded(request, settings.ingest_max_batch_bytes))
+    batch_id = batch_id_for(idempotency_key) or uuid.uuid4()
+    if not wait:
+        return _receipt(request, await enqueue_batch_async(traces, source=source, batch_id=batch_id))
+    watch = request.app.state.events
+    event = watch.expect(batch_id)
+    try:
+        receipt = await enqueue_batch_async(traces, source=source, batch_id=batch_id)
+        result = await outcome(watch, event, receipt.task_id, wait)
+    finally:
+        watch.forget(batch_id, event)
+    if result is not None and result.get("state") == "ingested":
+        return JSONResponse(SeedBatchCreated.from_result(result, traces).model_dump(mode="json"), 201)
+    return _receipt(request, receipt)
+
+
+def _lines_of(raw_lines: list[bytes], first_number: int, max_bytes: int) -> list[JsonlLine]:
+    lines = []
+    for number, raw in enumerate(raw_lines, start=first_number):
+        if isinstance(raw, OverlongLine):
+            lines.append(JsonlLine(number, None, f"longer than the maximum of {max_bytes} bytes of a batch"))
+        else:
+            lines += read_jsonl([raw], first_number=number)
+    return lines
+
+
+class _JsonlProgress:
+    """What the JSONL upload has enqueued so far, chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.receipts: list[BatchReceipt] = []
+        self.problems: list[LineProblem] = []
+        self.lines = 0
+
+    def add(self, outcome: JsonlOutcome) -> None:
+        self.receipts += outcome.receipts
+        self.problems += [LineProblem(line=p.line, field=p.field, message=p.message) for p in outcome.problems]
+
+
+@router.post(
+    "/jsonl",
+    status_code=202,
+    response_model=JsonlAccepted,
+    responses={429: {"description": "The queue is full: send the same body again later (nothing is stored twice)."}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}
+    },
+)
+async def post_jsonl(request: Request, source: Source = "http") -> Any:
+    """Enqueue JSON Lines (one trace per line) in batches of INGEST_MAX_BATCH, read as they arrive; each bad line
+    is reported as `{line, field, message}` and left out, every good one is enqueued."""
+    settings = get_settings()
+    check_source(source)
+    progress = _JsonlProgress()
+    pending: list[bytes] = []
+    pending_bytes = 0
+
+    async def flush() -> None:
+        lines = _lines_of(pending, progress.lines - len(pending) + 1, settings.ingest_max_batch_bytes)
+        # Chunk ids follow content, so a client that sends the same body again stores nothing twice.
+        progress.add(
+            await asyncio.to_thread(
+                enqueue_jsonl, lines, source=source, batch_size=settings.ingest_max_batch, wait_when_full=False
+            )
+        )
+        pending.clear()
+
+    try:
+        async for raw in body_lines(request, settings.ingest_max_batch_bytes):
+            pending.append(raw)
+            pending_bytes += len(raw)
+            progress.lines += 1
+            if len(pending) >= settings.ingest_max_batch or pending_bytes >= settings.ingest_max_batch_bytes:
+                await flush()
+                pending_bytes = 0
+        if pending:
+            await flush()
+    except QueueFull as full:
+        return queue_full_response(full, batches_accepted=len(progress.receipts))
+    if not progress.receipts and not progress.problems:
+        return JSONResponse({"detail": "Batch must contain at least one trace"}, 400)
+    return JsonlAccepted(
+        batches=[_receipt(request, receipt) for receipt in progress.receipts],
+        trace_count=sum(receipt.trace_count for receipt in progress.receipts),
+        lines=progress.lines,
+        invalid_lines=progress.problems,
+    )
