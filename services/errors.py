@@ -6,14 +6,25 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 
-class TraceError(NamedTuple):
-    """One problem with one trace; `trace_index` is None when the problem is the batch as a whole."""
-
+class _Problem(NamedTuple):
     trace_index: int | None
     field_path: str
     message: str
-    #: The rule that failed, in pydantic's words ("missing", "string_too_short", …): the HTTP API's `type`.
-    kind: str = "value_error"
+
+
+class TraceError(_Problem):
+    """One problem with one trace; `trace_index` is None when the problem is the batch as a whole.
+
+    A 3-tuple (`for index, field, message in rejected.errors`); `kind` names the rule that failed in pydantic's
+    words ("missing", "string_too_short", …), the HTTP API's `type`, and is not part of the stored errors.
+    """
+
+    kind: str
+
+    def __new__(cls, trace_index: int | None, field_path: str, message: str, kind: str = "value_error") -> TraceError:
+        problem = super().__new__(cls, trace_index, field_path, message)
+        problem.kind = kind
+        return problem
 
     def __str__(self) -> str:
         where = "batch" if self.trace_index is None else f"trace {self.trace_index}"

@@ -55,7 +55,12 @@ def test_oversize_payload_is_rejected_before_trace_validation() -> None:
 
 def test_trace_missing_final_answer_is_rejected_with_its_index() -> None:
     error = rejection([trace(), trace(), trace(final_answer=...)])
-    assert error.errors == [TraceError(2, "final_answer", "Field required", "missing")]
+    assert error.errors == [TraceError(2, "final_answer", "Field required")]
+    assert error.errors[0].kind == "missing" and error.errors[0]._asdict() == {
+        "trace_index": 2,
+        "field_path": "final_answer",
+        "message": "Field required",
+    }
 
 
 def test_duplicate_step_indices_are_rejected() -> None:
