@@ -3,7 +3,14 @@ Exactly one beat fires at a time: RedBeat holds a lock in Redis (`redbeat::lock`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from redbeat import RedBeatScheduler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
 
 #: Queue of scheduled and operator jobs, kept apart so they never wait behind a backlog of batches.
 REPROCESS_QUEUE = "reprocess"
@@ -21,3 +28,20 @@ def beat_schedule(sweep_s: float, resend_s: float, redrive_s: float, refresh_s: 
         "redrive-failed-batches": entry("reprocess.redrive", redrive_s),
         "refresh-derived-fields": entry("reprocess.refresh_derived", refresh_s),
     }
+
+
+class FailoverTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]
+    """RedBeat whose beat survives a Redis restart or a Sentinel failover (PRODUCT.md §12).
+
+    RedBeat retries its schedule reads for `retry_period`, but not the extension of its lock, which runs first
+    in every tick: a connection error there would end beat. Here the tick is tried again a second later, on
+    the new master. A lock that expired meanwhile and was taken by another beat still ends this one
+    (`LockNotOwnedError`), so two beats never fire together.
+    """
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        try:
+            return float(super().tick(*args, **kwargs))
+        except (RedisConnectionError, RedisTimeoutError) as error:  # MasterNotFoundError is a ConnectionError
+            log.warning("beat: Redis unreachable (%s); trying again in 1 s", type(error).__name__)
+            return 1.0

@@ -9,7 +9,9 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from worker.beat import REPROCESS_QUEUE, beat_schedule
+from worker.broker_transport import install as install_broker_transports
 from worker.flower_guard import install as install_flower_guard
+from worker.redis_connect import celery_redis_options, refuse_unusable_url_in_celery_commands
 from worker.settings import Settings, get_settings
 from worker.wire import BODY_ENCODING
 
@@ -41,6 +43,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     redis_url = settings.redis_url.get_secret_value()
     tls = _tls_options(redis_url)
+    via_sentinel = celery_redis_options(settings)  # empty for one Redis server
     return {
         "broker_url": redis_url,
         "result_backend": redis_url,
@@ -56,7 +59,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # other worker's recovery for 300 s. Scans take milliseconds, and each message is requeued in a
             # WATCH transaction, so a short lock is safe.
             "unacked_mutex_expire": unacked_mutex_expire_s(settings),
+            **via_sentinel.get("broker_transport_options", {}),
         },
+        "result_backend_transport_options": via_sentinel.get("result_backend_transport_options", {}),
+        # Storing a result retries through a Redis restart or a Sentinel failover (~10 s in all) instead of
+        # failing a task whose batch is already committed.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 10,
         "broker_connection_retry_on_startup": True,
         # Producers must learn quickly that Redis is unreachable (EnqueueFailed), not hang.
         "task_publish_retry_policy": {
@@ -91,19 +100,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {"ingest.batch": {"queue": settings.ingest_queue}},
         "task_track_started": False,
         "worker_send_task_events": True,
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "worker.beat:FailoverTolerantScheduler",
         "beat_schedule": beat_schedule(
             settings.sweep_interval_s,
             settings.resend_interval_s,
             settings.redrive_interval_s,
             settings.refresh_interval_s,
         ),
-        "redbeat_redis_url": redis_url,
+        "redbeat_redis_url": via_sentinel.get("redbeat_redis_url", redis_url),
+        # RedBeat retries its Redis calls through an outage or failover for this long (its lock: worker.beat).
+        "redbeat_redis_options": {**via_sentinel.get("redbeat_redis_options", {}), "retry_period": 30},
         "redbeat_lock_timeout": 30,
         "beat_max_loop_interval": 5,
     }
 
 
 install_flower_guard()
+install_broker_transports()
+refuse_unusable_url_in_celery_commands()
 app = Celery("tunix_ingest", include=["worker.tasks", "worker.redis_policy", "worker.heartbeat"])
 app.add_defaults(lambda: celery_config(get_settings()))

@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from worker.redis_connect import connect_async
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class _Follower:
         settings = get_settings()
         self.stream, self.group, self.consumer = settings.ingest_events_stream, group, consumer
         self.from_start, self.claim_idle_ms, self.block_ms = from_start, int(claim_idle_s * 1000), block_ms
-        self.redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=block_ms / 1000 + 10)
+        self.redis = connect_async(settings, socket_timeout=block_ms / 1000 + 10)
         self.engine: AsyncEngine = create_async_engine(settings.database_url.get_secret_value(), pool_size=1)
         self.sessions = async_sessionmaker(self.engine)
         self.json_value: Any = orjson.Fragment if raw_json else orjson.loads

@@ -142,6 +142,8 @@ class Accepted(NamedTuple):
 
     outcome: int
     value: int
+    #: Replicas that confirmed the custody writes (only counted when `accept` was asked to wait for some).
+    replicated: int = 0
 
 
 class Delivery(NamedTuple):
@@ -188,17 +190,26 @@ def accept(
     queue: str,
     max_depth: int,
     counter_key: str,
+    replicas: int = 0,
+    replica_timeout_ms: int = 0,
 ) -> Accepted:
     """Take custody of a batch before its claim-check message is sent, unless the queue is full or the batch
     id names other content. `ticket_head` is the ticket's JSON up to the value of `custody_seq`; the batch's
-    delivery counter (`counter_key`) starts afresh. One round trip; the body is written once."""
+    delivery counter (`counter_key`) starts afresh. One round trip; the body is written once.
+
+    With `replicas`, a WAIT on the same connection follows (WAIT counts only the writes of its own
+    connection, so it must share the pipeline's): `Accepted.replicated` is how many replicas confirmed.
+    """
     incoming = f"{PREFIX}:incoming:{uuid4().hex}"  # expires by itself if the script never runs
     keys = [batch_key, SEQ, WAITING, incoming, queue, counter_key]
-    with redis.pipeline(transaction=True) as pipe:
+    # No MULTI: the script checks everything itself, and a lone `incoming` key expires on its own.
+    with redis.pipeline(transaction=False) as pipe:
         pipe.set(incoming, body, ex=INCOMING_TTL_S)
         pipe.eval(_ACCEPT, len(keys), *keys, content_hash, key_ttl_s, ticket_head, max_depth, PREFIX)
-        _, (outcome, value) = pipe.execute()
-    return Accepted(int(outcome), int(value))
+        if replicas:
+            pipe.wait(replicas, replica_timeout_ms)
+        _, (outcome, value), *replicated = pipe.execute()
+    return Accepted(int(outcome), int(value), int(replicated[0]) if replicated else 0)
 
 
 async def start_delivery(

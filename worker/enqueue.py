@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
@@ -14,7 +13,6 @@ import orjson
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import TypeAdapter, ValidationError
-from redis import Redis
 from redis.exceptions import RedisError
 
 from models.schemas import Source
@@ -22,6 +20,7 @@ from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFu
 from services.validation import ValidatedBatch, validate_traces
 from worker import custody
 from worker.celery_app import app
+from worker.redis_connect import shared_client
 from worker.settings import get_settings, redact
 
 
@@ -31,12 +30,6 @@ class BatchReceipt(NamedTuple):
     batch_id: UUID
     task_id: str
     trace_count: int
-
-
-@lru_cache
-def redis_client(url: str) -> Redis:
-    """One Redis client (and connection pool) per URL per process, for producers and operator commands."""
-    return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
 
 
 def delivery_counter_key(batch_id: str) -> str:
@@ -64,7 +57,7 @@ def check_source(source: str) -> None:
 def queue_depth() -> int:
     """Batches waiting in the ingest queue (one LLEN)."""
     settings = get_settings()
-    return int(redis_client(settings.redis_url.get_secret_value()).llen(settings.ingest_queue))
+    return int(shared_client().llen(settings.ingest_queue))
 
 
 #: A depth limit no queue reaches: a re-drive sends a batch that was accepted once already.
@@ -87,7 +80,7 @@ def _hand_over(valid: ValidatedBatch, *, source: str, batch_id: UUID, max_depth:
     """Custody of the body first, then the claim-check message; the task id. Raises `QueueFull`,
     `BatchConflict`, or the Redis/kombu error that left the outcome unknown."""
     settings = get_settings()
-    redis = redis_client(settings.redis_url.get_secret_value())
+    redis = shared_client()
     kwargs, ticket_head = _ticket_head(batch_id, source, valid)
     accepted = custody.accept(
         redis,
@@ -99,12 +92,22 @@ def _hand_over(valid: ValidatedBatch, *, source: str, batch_id: UUID, max_depth:
         queue=settings.ingest_queue,
         max_depth=max_depth,
         counter_key=delivery_counter_key(str(batch_id)),
+        replicas=settings.ingest_redis_min_replicas,
+        replica_timeout_ms=settings.ingest_redis_replica_timeout_ms,
     )
     if accepted.outcome == custody.QUEUE_FULL:
         depth = accepted.value
         raise QueueFull(depth, max_depth, retry_after=min(60.0, 1.0 + 10.0 * depth / max_depth), batch_id=batch_id)
     if accepted.outcome == custody.CONFLICT:
         raise BatchConflict(batch_id)
+    if accepted.replicated < settings.ingest_redis_min_replicas:
+        # The master holds the batch but a failover could lose it: not acknowledged. If the master lives on,
+        # custody's re-send still delivers it, and a retry with the same batch id never stores it twice.
+        raise EnqueueFailed(
+            f"custody of the batch reached {accepted.replicated} of {settings.ingest_redis_min_replicas} "
+            f"Redis replicas within {settings.ingest_redis_replica_timeout_ms} ms",
+            batch_id,
+        )
     # From here on Redis holds the batch: if the send fails (or only its reply is lost), custody's re-send
     # delivers it later, so the producer is told the outcome is unknown, never "not accepted".
     task = app.send_task(

@@ -19,7 +19,7 @@ from typing import Any
 from celery import signals
 from redis.exceptions import RedisError
 
-from worker.settings import get_settings, redact
+from worker.settings import redact
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ def _name_this_worker(sender: Any = None, **_: object) -> None:
 
 
 def _beat(worker_id: str) -> None:
-    from worker.enqueue import redis_client  # the producer's client: one pool per process
+    from worker.redis_connect import shared_client  # the producer's client: one pool per process
 
-    client = redis_client(get_settings().redis_url.get_secret_value())
+    client = shared_client()
     while not _stop.is_set():
         try:
             client.set(heartbeat_key(worker_id), int(time.time()), ex=HEARTBEAT_TTL_S)
@@ -65,12 +65,10 @@ def _own_received_batch(request: Any = None, **_: object) -> None:
     if request is None or request.name != "ingest.batch" or not worker_id:
         return
     from worker import custody
-    from worker.enqueue import redis_client
+    from worker.redis_connect import shared_client
 
     try:
-        custody.received_by(
-            redis_client(get_settings().redis_url.get_secret_value()), custody.record_of(request.kwargs), worker_id
-        )
+        custody.received_by(shared_client(), custody.record_of(request.kwargs), worker_id)
     except RedisError as error:  # the record then waits for the slower recovery paths; nothing is lost
         log.warning("could not note the received batch's owner: %s", redact(str(error)))
 
@@ -92,9 +90,9 @@ def _stop_beating(**_: object) -> None:
     if not worker_id:
         return
     from worker import custody
-    from worker.enqueue import redis_client
+    from worker.redis_connect import shared_client
 
     try:
-        custody.forget_owner(redis_client(get_settings().redis_url.get_secret_value()), worker_id)
+        custody.forget_owner(shared_client(), worker_id)
     except RedisError as error:
         log.warning("could not forget this worker's custody entries: %s", redact(str(error)))

@@ -113,12 +113,15 @@ class RedisServer:
         *,
         password: str | None = None,
         appendonly: bool = True,
+        replica_of: int | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = port or free_port()
         self.password = password
         self.appendonly = appendonly
+        #: The port of the master this server replicates (Sentinel HA, PRODUCT.md §12).
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -143,7 +146,9 @@ class RedisServer:
             "no",
         ]
         if self.password:
-            command += ["--requirepass", self.password]
+            command += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of:
+            command += ["--replicaof", LOOPBACK, str(self.replica_of)]
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self._wait_until_ready()
@@ -168,6 +173,12 @@ class RedisServer:
     def pid(self) -> int:
         assert self.process is not None, "the server is not running"
         return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a host dying would: nothing is flushed."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

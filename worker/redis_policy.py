@@ -1,4 +1,5 @@
-"""Workers refuse a Redis that may evict keys: custody's bodies would vanish silently (PRODUCT.md §5)."""
+"""Workers refuse a Redis that may evict keys (custody's bodies would vanish silently, PRODUCT.md §5) and a Redis
+Cluster node (kombu cannot use Cluster as a broker, §12)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import logging
 import sys
 
 from celery import signals
-from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.settings import get_settings, redact
+from worker.redis_connect import connect
+from worker.settings import redact
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,26 @@ def eviction_problem(policy: str) -> str | None:
     )
 
 
-def _policy(url: str) -> str:
-    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+CLUSTER_PROBLEM = (
+    "refusing to start: this Redis runs in cluster mode, which kombu (Celery's Redis transport) cannot use as a "
+    "broker; use one Redis, or Sentinel for high availability"
+)
+
+
+def _problem() -> str | None:
+    client = connect(socket_connect_timeout=3, socket_timeout=5)
     try:
-        return str(client.info("memory")["maxmemory_policy"])
+        if int(client.info("cluster").get("cluster_enabled", 0)):
+            return CLUSTER_PROBLEM
+        return eviction_problem(str(client.info("memory")["maxmemory_policy"]))
     finally:
         client.close()
 
 
 @signals.worker_init.connect
-def _refuse_evicting_redis(**_: object) -> None:
-    url = get_settings().redis_url.get_secret_value()
+def _refuse_unsafe_redis(**_: object) -> None:
     try:
-        problem = eviction_problem(_policy(url))
+        problem = _problem()
     except RedisError as error:  # not reachable yet: the worker's own connection retries will say so
         log.warning("could not check Redis's maxmemory-policy: %s", redact(str(error)))
         return

@@ -13,13 +13,13 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from celery import signals
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from services.delivery import Limits
 from worker.events import RedisStreamPublisher
 from worker.heap import keep_freed_memory_for_reuse
+from worker.redis_connect import connect_async
 from worker.settings import Settings, get_settings, redact
 
 T = TypeVar("T")
@@ -44,8 +44,8 @@ class Runtime:
         )
         # expire_on_commit=False: results are read after commit without a refresh query per row.
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self.redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
+        self.redis = connect_async(
+            settings,
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,

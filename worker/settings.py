@@ -19,6 +19,14 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/tunix")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    #: With a `sentinel://h1:26379;sentinel://h2:26379` REDIS_URL: the monitored master's name (PRODUCT.md §12).
+    redis_sentinel_master: str | None = None
+    #: The Sentinels' own password (`requirepass` in sentinel.conf); the master's is the one in REDIS_URL.
+    redis_sentinel_password: SecretStr | None = None
+    #: Replicas that must hold a batch's custody before `enqueue_batch` returns (Redis WAIT); 0: no wait.
+    ingest_redis_min_replicas: int = Field(0, ge=0)
+    #: How long a producer waits for those replicas before raising `EnqueueFailed` (outcome unknown).
+    ingest_redis_replica_timeout_ms: int = Field(2000, ge=1)
 
     ingest_queue: str = "ingest"
     ingest_max_batch: int = Field(1000, ge=1, le=10_000)

@@ -10,8 +10,9 @@ from redis.exceptions import ResponseError
 
 from services.reports import StoreTotals, store_totals
 from worker import custody
-from worker.enqueue import queue_depth, redis_client
+from worker.enqueue import queue_depth
 from worker.oneshot import with_session
+from worker.redis_connect import shared_client
 from worker.settings import get_settings
 from worker.wire import task_kwargs_of
 
@@ -68,7 +69,7 @@ def consumer_groups(redis: Redis, stream: str) -> dict[str, ConsumerGroupLag]:
 def collect_stats() -> IngestStats:
     settings = get_settings()
     totals: StoreTotals = with_session(store_totals)
-    redis = redis_client(settings.redis_url.get_secret_value())
+    redis = shared_client()
     held = custody.figures(redis)
     return IngestStats(
         **totals.model_dump(),

@@ -13,7 +13,7 @@ import redis
 
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull
 from worker import custody, enqueue_batch, enqueue_batch_async
-from worker.enqueue import queue_depth, redis_client
+from worker.enqueue import queue_depth
 from worker.local_stack import free_port
 from worker.sample_traces import generate_traces
 from worker.settings import get_settings
@@ -91,10 +91,33 @@ def test_unreachable_redis_raises_enqueue_failed_without_the_password(settings_e
         enqueue_batch(list(generate_traces(1)), source="p", batch_id=batch_id)
     assert "hunter2" not in str(failed.value)
     assert failed.value.batch_id == batch_id and f"retry with batch_id {batch_id}" in str(failed.value)
-    redis_client.cache_clear()
 
 
 async def test_async_producers_get_the_same_receipt(redis_url: str) -> None:
     receipt = await enqueue_batch_async(list(generate_traces(2)), source="async-producer")
     assert receipt.trace_count == 2
+    assert queued_kwargs(redis_url)[0]["batch_id"] == str(receipt.batch_id)
+
+
+def test_custody_not_confirmed_by_enough_replicas_is_an_unknown_outcome(
+    settings_env: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """A lone Redis has no replica to confirm custody: with INGEST_REDIS_MIN_REPLICAS=1 the producer is not told
+    "accepted"; the master still holds the batch (custody sends it if nobody retries), and the error names the
+    id to retry with."""
+    settings_env.setenv("INGEST_REDIS_MIN_REPLICAS", "1")
+    settings_env.setenv("INGEST_REDIS_REPLICA_TIMEOUT_MS", "50")
+    get_settings.cache_clear()
+    batch_id = uuid.uuid4()
+    with pytest.raises(EnqueueFailed) as failed:
+        enqueue_batch(list(generate_traces(3)), source="replicated", batch_id=batch_id)
+    assert failed.value.batch_id == batch_id
+    assert "reached 0 of 1 Redis replicas within 50 ms" in str(failed.value)
+    assert custody.figures(redis.Redis.from_url(redis_url)).in_transit == 1
+    assert queued_kwargs(redis_url) == []  # not sent: custody's re-send delivers it if the producer does not retry
+
+
+def test_single_node_mode_does_not_wait_for_replicas(redis_url: str) -> None:
+    assert get_settings().ingest_redis_min_replicas == 0
+    receipt = enqueue_batch(list(generate_traces(2)), source="single-node")
     assert queued_kwargs(redis_url)[0]["batch_id"] == str(receipt.batch_id)

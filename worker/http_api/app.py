@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from worker.http_api import status, traces
 from worker.http_api.errors import install_error_handlers
 from worker.http_api.waiting import EventWatch
+from worker.redis_connect import connect_async
 from worker.settings import get_settings
 
 
@@ -23,7 +23,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.database_url.get_secret_value(), pool_size=settings.db_pool_size, pool_pre_ping=True
     )
     app.state.sessions = async_sessionmaker(app.state.engine, expire_on_commit=False)
-    app.state.redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=3)
+    app.state.redis = connect_async(settings, socket_connect_timeout=3)
     app.state.events = EventWatch(app.state.redis, settings.ingest_events_stream)
     app.state.events.start()
     try:
