@@ -16,6 +16,7 @@ from redis import Redis
 
 from worker.enqueue import enqueue_batch
 from worker.processes import ChildProcess, worker_process
+from worker.redis_connect import connect
 
 
 def start_workers(log_dir: Path, processes: int, pool: str) -> list[ChildProcess]:
@@ -109,10 +110,10 @@ def enqueue_rate(batches: list[list[dict[str, Any]]], source: str) -> float:
     return sum(len(batch) for batch in batches) / (time.perf_counter() - started)
 
 
-def latency_ms(batches: list[list[dict[str, Any]]], rate: float, redis_url: str, stream: str) -> dict[str, float]:
+def latency_ms(batches: list[list[dict[str, Any]]], rate: float, stream: str) -> dict[str, float]:
     """Enqueue `batches` at `rate` traces/s; enqueue→published latency from each event's stream id (its
     XADD time in ms) back to the moment the producer called `enqueue_batch`."""
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    redis = connect(decode_responses=True)
     last = cast(list[tuple[str, dict[str, str]]], redis.xrevrange(stream, count=1))
     start_id = last[0][0] if last else "0"
     interval = len(batches[0]) / rate

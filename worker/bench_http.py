@@ -7,11 +7,16 @@ import asyncio
 import math
 import statistics
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
 
+from worker.redis_connect import connect
+
+#: `?wait` requests sent before the measured ones: the first requests a server process handles make its
+#: connections (Celery's producer pool, Redis's script cache), which the Python producer did earlier in the run.
+WAIT_WARMUP = 5
 #: Concurrent clients of the enqueue-rate figure: enough to keep one uvicorn process busy while others wait
 #: for their answers.
 HTTP_CLIENTS = 4
@@ -38,31 +43,60 @@ def http_enqueue_rate(url: str, batches: list[list[dict[str, Any]]], clients: in
     return sum(len(batch) for batch in batches) / asyncio.run(run())
 
 
-def wait_latency_ms(url: str, batches: list[list[dict[str, Any]]], rate: float) -> dict[str, float]:
-    """POST `batches` with `?wait` at `rate` traces/s; how long each request took until its `201`."""
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[max(0, math.ceil(len(ordered) * 0.99) - 1)]
+
+
+def _event_times(stream: str) -> dict[int, float]:
+    """When each batch's event was appended (its stream id's milliseconds), by the batch's first row id."""
+    redis = connect(decode_responses=True)
+    try:
+        entries = cast(list[tuple[str, dict[str, str]]], redis.xrange(stream))
+    finally:
+        redis.close()
+    return {orjson.loads(fields["ids"])[0]: int(entry_id.split("-")[0]) / 1000 for entry_id, fields in entries}
+
+
+def wait_latency_ms(url: str, batches: list[list[dict[str, Any]]], rate: float, stream: str) -> dict[str, float]:
+    """POST `batches` with `?wait` at `rate` traces/s: how long each request took until its `201`, and how long
+    after its batch's event was appended the `201` arrived (what waiting adds to enqueue→published). The first
+    WAIT_WARMUP batches warm the server up and are not counted."""
     bodies = [orjson.dumps(batch) for batch in batches]
+    warm_up_bodies, measured_bodies = bodies[:WAIT_WARMUP], bodies[WAIT_WARMUP:]
     interval = len(batches[0]) / rate
 
-    async def post(http: httpx.AsyncClient, body: bytes) -> float:
-        started = time.perf_counter()
+    async def post(http: httpx.AsyncClient, body: bytes) -> tuple[float, float, int]:
+        started = time.time()
         answer = await http.post("/api/traces/batch", params={"wait": 30}, content=body, headers=_JSON)
         if answer.status_code != 201:
             raise RuntimeError(f"the API answered {answer.status_code}: {answer.text[:200]}")
-        return (time.perf_counter() - started) * 1000
+        return started, time.time(), answer.json()["traces"][0]["id"]
 
-    async def run() -> list[float]:
+    async def run() -> list[tuple[float, float, int]]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
             loop = asyncio.get_running_loop()
             first = loop.time()
             requests = []
-            for index, body in enumerate(bodies):
+            for index, body in enumerate(measured_bodies):
                 await asyncio.sleep(max(0.0, first + index * interval - loop.time()))
                 requests.append(asyncio.create_task(post(http, body)))
-            return sorted(await asyncio.gather(*requests))
+            return await asyncio.gather(*requests)
 
-    latencies = asyncio.run(run())
+    async def warm_up() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            for body in warm_up_bodies:
+                await post(http, body)
+
+    asyncio.run(warm_up())
+    answered = asyncio.run(run())
+    published = _event_times(stream)
+    p50, p99 = _percentiles([(done - started) * 1000 for started, done, _ in answered])
+    after_p50, after_p99 = _percentiles([(done - published[first_id]) * 1000 for _, done, first_id in answered])
     return {
-        "p50": statistics.median(latencies),
-        "p99": latencies[max(0, math.ceil(len(latencies) * 0.99) - 1)],
-        "batches": len(latencies),
+        "p50": p50,
+        "p99": p99,
+        "after_event_p50": after_p50,
+        "after_event_p99": after_p99,
+        "batches": len(answered),
     }

@@ -78,12 +78,21 @@ class SentinelServer:
 class SentinelStack:
     """Master, replicas and Sentinels under `directory`; `url` is the product's REDIS_URL for them."""
 
-    def __init__(self, directory: Path, *, replicas: int = 2, sentinels: int = 3, master_name: str = "tunix") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        replicas: int = 2,
+        sentinels: int = 3,
+        master_name: str = "tunix",
+        appendonly: bool = True,
+    ) -> None:
         self.directory = directory
         self.master_name = master_name
-        self.master = RedisServer(directory / "master")
+        self.master = RedisServer(directory / "master", appendonly=appendonly)
         self.replicas = [
-            RedisServer(directory / f"replica-{n}", replica_of=self.master.port) for n in range(1, replicas + 1)
+            RedisServer(directory / f"replica-{n}", replica_of=self.master.port, appendonly=appendonly)
+            for n in range(1, replicas + 1)
         ]
         self.sentinels = [
             SentinelServer(directory / f"sentinel-{n}", self.master.port, master_name=master_name)

@@ -21,16 +21,21 @@ def test_bench_reports_every_figure_as_json() -> None:
     assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
     assert figures["http_wait_ms"]["batches"] == 10
     assert 0 < figures["http_wait_ms"]["p50"] <= figures["http_wait_ms"]["p99"]
+    assert 0 < figures["http_wait_ms"]["after_event_p50"] <= figures["http_wait_ms"]["after_event_p99"]
+    assert figures["redis_mode"] == "single"
     assert figures["rss_start_mib"] > 0 and figures["rss_end_mib"] > 0
     assert figures["traces"] == 2000 and figures["processes"] == 2
 
 
 def test_bench_prints_a_table_for_people() -> None:
-    done = cli("bench", "--traces", "1000", "--processes", "1", "--pool", "prefork", "--latency-batches", "10")
+    done = cli(
+        "bench", "--traces", "1000", "--processes", "1", "--latency-batches", "10", "--redis", "sentinel", timeout=300
+    )
     assert done.returncode == 0, done.stderr
     for label in (
         "drain rate",
         "raw COPY ceiling (1 connections)",
+        "1 (prefork) / sentinel",
         "drain / COPY ratio",
         "enqueue rate",
         "HTTP enqueue rate (1 uvicorn, 4 clients)",

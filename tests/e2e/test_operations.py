@@ -203,6 +203,14 @@ def test_docker_compose_is_valid_and_runs_what_the_procfile_runs() -> None:
     assert "healthcheck" in services["postgres"]
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
     assert "INGEST_API_TOKENS" in services["api"]["environment"]
+    # The "ha" profile: two replicas of the master and three Sentinels watching it (quorum 2).
+    ha = {name for name, service in services.items() if service.get("profiles") == ["ha"]}
+    assert ha == {"redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"}
+    assert services["redis-replica-2"]["command"][3:6] == ["--replicaof", "redis", "6379"]
+    assert "sentinel monitor tunix redis 6379 2" in services["sentinel-3"]["command"][2]
+    assert "--sentinel" in services["sentinel-3"]["command"][2]
+    for name in ("worker", "beat", "flower", "api"):
+        assert {"REDIS_URL", "REDIS_SENTINEL_MASTER", "INGEST_REDIS_MIN_REPLICAS"} <= set(services[name]["environment"])
 
 
 def test_procfile_runs_under_honcho_release_first(database_url: str, tmp_path: Path) -> None:

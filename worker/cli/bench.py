@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -10,13 +11,12 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
-from redis import Redis
 
 from worker.bench_copy import copy_ceiling
 from worker.bench_drain import (
@@ -31,12 +31,14 @@ from worker.bench_drain import (
     wait_until_published,
     worker_pids,
 )
-from worker.bench_http import HTTP_CLIENTS, http_enqueue_rate, wait_latency_ms
+from worker.bench_http import HTTP_CLIENTS, WAIT_WARMUP, http_enqueue_rate, wait_latency_ms
 from worker.bench_seed import seed_pattern_rate
 from worker.celery_app import app
+from worker.local_sentinel import SentinelStack
 from worker.local_stack import PostgresServer, RedisServer, free_port
 from worker.migrate import upgrade_to_head
 from worker.processes import api_process
+from worker.redis_connect import connect
 from worker.sample_traces import generate_traces
 from worker.settings import environment, get_settings
 
@@ -60,6 +62,7 @@ def _measure(
     latency_batches: int,
     work_dir: Path,
     servers: tuple[PostgresServer, RedisServer],
+    redis_mode: str,
 ) -> dict[str, Any]:
     settings = get_settings()
     dsn = settings.database_url.get_secret_value().replace("+asyncpg", "")
@@ -67,7 +70,9 @@ def _measure(
     batches = _chunks(traces, batch_size)
     small = _chunks(list(generate_traces(100 * CAPACITY_BATCHES, seed=9, padding=BENCH_PADDING)), 100)
     paced = _chunks(list(generate_traces(100 * latency_batches, seed=8, padding=BENCH_PADDING)), 100)
-    paced_http = _chunks(list(generate_traces(100 * latency_batches, seed=10, padding=BENCH_PADDING)), 100)
+    paced_http = _chunks(
+        list(generate_traces(100 * (latency_batches + WAIT_WARMUP), seed=10, padding=BENCH_PADDING)), 100
+    )
     # A streaming producer holds no such heap: keep the cyclic GC from re-scanning the bench's own data set
     # (millions of objects) during the timed enqueue, which would cost ~20 % that is not the enqueue path's.
     gc.freeze()
@@ -77,8 +82,9 @@ def _measure(
         "processes": processes,
         "pool": pool,
         "trace_bytes": round(sum(len(json.dumps(t)) for t in traces[:100]) / 100),
+        "redis_mode": redis_mode,
     }
-    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    redis = connect()
     memory_before = redis_used_memory(redis)
     figures["enqueue_rate"] = enqueue_rate(batches, source="bench")
     # The whole backlog is queued now and no worker runs: what Redis holds per batch over the batch's body.
@@ -110,10 +116,11 @@ def _measure(
         figures["latency_ms"] = latency_ms(
             paced,
             figures["small_batch_rate"] / 2,
-            settings.redis_url.get_secret_value(),
             settings.ingest_events_stream,
         )
-        figures["http_wait_ms"] = wait_latency_ms(api_url, paced_http, figures["small_batch_rate"] / 2)
+        figures["http_wait_ms"] = wait_latency_ms(
+            api_url, paced_http, figures["small_batch_rate"] / 2, settings.ingest_events_stream
+        )
         figures["rss_end_mib"] = rss_mib(nodes)
         for node in nodes:
             node.stop()
@@ -138,11 +145,38 @@ def _measure(
     return figures
 
 
+@contextlib.contextmanager
+def _bench_redis(mode: str, work_dir: Path) -> Iterator[tuple[RedisServer, dict[str, str]]]:
+    """The bench's Redis (append-only file off, like PostgreSQL's fsync) and the settings that reach it: the
+    server whose CPU is measured (the master), and REDIS_URL (with Sentinel's settings)."""
+    if mode == "single":
+        server = RedisServer(work_dir / "redis", appendonly=False)
+        server.start()
+        try:
+            yield server, {"REDIS_URL": server.url}
+        finally:
+            server.remove()
+        return
+    stack = SentinelStack(work_dir / "redis-ha", appendonly=False)
+    stack.start()
+    try:
+        yield (
+            stack.master,
+            {
+                "REDIS_URL": stack.url,
+                "REDIS_SENTINEL_MASTER": stack.master_name,
+                "INGEST_REDIS_MIN_REPLICAS": "1",
+            },
+        )
+    finally:
+        stack.remove()
+
+
 def _table(f: dict[str, Any]) -> str:
     latency = f["latency_ms"]
     rows = [
         ("traces / batch size / trace size", f"{f['traces']:,} / {f['batch_size']} / {f['trace_bytes']:,} B"),
-        ("worker processes", f"{f['processes']} ({f['pool']})"),
+        ("worker processes / Redis", f"{f['processes']} ({f['pool']}) / {f['redis_mode']}"),
         ("drain rate (queue -> committed+published)", f"{f['drain_rate']:,.0f} traces/s ({f['drain_seconds']:.1f} s)"),
         (f"raw COPY ceiling ({f['processes']} connections)", f"{f['copy_rate']:,.0f} traces/s"),
         ("drain / COPY ratio", f"{f['ratio']:.2f}"),
@@ -162,7 +196,8 @@ def _table(f: dict[str, Any]) -> str:
         ),
         (
             "HTTP ?wait until 201 at that load",
-            f"p50 {f['http_wait_ms']['p50']:.1f} ms, p99 {f['http_wait_ms']['p99']:.1f} ms",
+            f"p50 {f['http_wait_ms']['p50']:.1f} ms, p99 {f['http_wait_ms']['p99']:.1f} ms; after the batch's event "
+            f"p50 {f['http_wait_ms']['after_event_p50']:.1f} ms, p99 {f['http_wait_ms']['after_event_p99']:.1f} ms",
         ),
         (
             "CPU per trace during the drain",
@@ -194,30 +229,46 @@ def _table(f: dict[str, Any]) -> str:
     show_default=True,
     help="100-trace batches paced at half the drain rate for the latency figures.",
 )
+@click.option(
+    "--redis",
+    "redis_mode",
+    type=click.Choice(["single", "sentinel"]),
+    default="single",
+    show_default=True,
+    help="single: one Redis; sentinel: a master, 2 replicas and 3 Sentinels, INGEST_REDIS_MIN_REPLICAS=1.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def bench(trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, as_json: bool) -> None:
+def bench(
+    trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, redis_mode: str, as_json: bool
+) -> None:
     """Measure drain rate against the raw COPY ceiling and the seed pattern, enqueue rate (Python and HTTP),
     latency (also of the HTTP API's ?wait), worker RSS and Redis memory per queued batch.
 
     Runs on its own throwaway PostgreSQL and Redis (fsync off for both paths alike) and removes them after.
     """
     work_dir = Path(tempfile.mkdtemp(prefix="tunix-bench-"))
-    postgres, redis_server = PostgresServer(work_dir / "postgres"), RedisServer(work_dir / "redis", appendonly=False)
+    postgres = PostgresServer(work_dir / "postgres")
     try:
         postgres.start()
-        redis_server.start()
-        with environment(
-            DATABASE_URL=postgres.url, REDIS_URL=redis_server.url, INGEST_MAX_QUEUE_DEPTH=str(trace_count)
+        with (
+            _bench_redis(redis_mode, work_dir) as (redis_server, redis_env),
+            environment(DATABASE_URL=postgres.url, INGEST_MAX_QUEUE_DEPTH=str(trace_count), **redis_env),
         ):
-            app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+            app.conf.update(broker_url=redis_env["REDIS_URL"], result_backend=redis_env["REDIS_URL"])
             upgrade_to_head(postgres.url)
             started = time.perf_counter()
             figures = _measure(
-                trace_count, batch_size, processes, pool, latency_batches, work_dir, (postgres, redis_server)
+                trace_count,
+                batch_size,
+                processes,
+                pool,
+                latency_batches,
+                work_dir,
+                (postgres, redis_server),
+                redis_mode,
             )
             figures["bench_seconds"] = time.perf_counter() - started
     finally:
-        redis_server.remove()
         postgres.remove()
         shutil.rmtree(work_dir, ignore_errors=True)
     click.echo(json.dumps(figures) if as_json else _table(figures))
