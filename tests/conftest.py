@@ -1,4 +1,8 @@
-"""Session-wide throwaway PostgreSQL and Redis on free loopback ports (or TEST_DATABASE_URL / TEST_REDIS_URL)."""
+"""Session-wide throwaway PostgreSQL and Redis on free loopback ports (or TEST_DATABASE_URL / TEST_REDIS_URL).
+
+Started only for the tests that need them: `tests/integration` and `tests/e2e` use them for every test (their
+conftest's `servers` fixture); `tests/unit` is pure logic and runs with no server binary installed.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import worker.tasks  # noqa: F401  register the tasks before any fixture app exists
 from tests.db import query
-from worker.local_stack import PostgresServer, RedisServer
-from worker.migrate import upgrade_to_head
+from worker.cli.migrate import upgrade_to_head
+from worker.devtools.local_stack import PostgresServer, RedisServer
 from worker.settings import environment
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -59,18 +63,23 @@ def redis_url(redis_server: RedisServer | None) -> str:
     return os.environ.get("TEST_REDIS_URL") or (redis_server.url if redis_server else "")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def service_environment(database_url: str, redis_url: str) -> Iterator[None]:
     """Point the settings (and every subprocess the tests start) at the test servers."""
     with environment(DATABASE_URL=database_url, REDIS_URL=redis_url):
         yield
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def clean_data(database_url: str, redis_url: str) -> None:
     """Every test starts with empty tables and an empty Redis."""
     redis.Redis.from_url(redis_url).flushall()
     query(database_url, "TRUNCATE trace, batch RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def servers(service_environment: None, clean_data: None) -> None:
+    """The settings (and every subprocess) point at the test servers, and each test starts with no data."""
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def _own_received_batch(request: Any = None, **_: object) -> None:
     worker_id = current_worker_id()
     if request is None or request.name != "ingest.batch" or not worker_id:
         return
-    from worker import custody
+    from worker.client import custody
     from worker.redis_connect import shared_client
 
     try:
@@ -89,7 +89,7 @@ def _stop_beating(**_: object) -> None:
     worker_id = current_worker_id()
     if not worker_id:
         return
-    from worker import custody
+    from worker.client import custody
     from worker.redis_connect import shared_client
 
     try:

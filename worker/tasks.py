@@ -23,9 +23,9 @@ from services.reprocess import (
     refresh_stale_derived_chunk,
     settled_batches,
 )
-from worker import custody
 from worker.celery_app import app
-from worker.enqueue import delivery_counter_key, resend_message_async, send_ingest_task
+from worker.client import custody
+from worker.client.enqueue import delivery_counter_key, resend_message_async, send_ingest_task
 from worker.retry_policy import decide, is_transient
 from worker.runtime import Runtime, current_runtime, replace_abandoned_runtime
 from worker.settings import redact
@@ -171,7 +171,7 @@ async def _resend_lost(runtime: Runtime) -> int:
 
 @app.task(name="reprocess.resend_lost")
 def resend_lost() -> int:
-    """Send again the accepted batches whose message was lost between Redis and a worker (see worker.custody)."""
+    """Send again the accepted batches whose message was lost between Redis and a worker (see worker.client.custody)."""
     runtime = current_runtime()
     return runtime.run(_resend_lost(runtime))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.workers import WorkerProcess
-from worker.processes import ChildProcess, celery_command
+from worker.devtools.processes import ChildProcess, celery_command
 
 #: Short timeouts so that crash recovery happens within a test's patience; the visibility timeout still
 #: exceeds the task time limit plus the longest retry delay, as the settings insist.
@@ -24,6 +24,11 @@ FAST_RECOVERY = {
 FAST_SCHEDULE = {"SWEEP_INTERVAL_S": "1", "RESEND_INTERVAL_S": "1"}
 
 StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture(autouse=True)
+def _every_test_has_servers(servers: None) -> None:
+    """End-to-end tests run real processes against the real PostgreSQL and Redis of the session."""
 StartBeat = Callable[[dict[str, str]], ChildProcess]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from worker.local_stack import free_port
-from worker.processes import ChildProcess, api_process
+from worker.devtools.local_stack import free_port
+from worker.devtools.processes import ChildProcess, api_process
 
 
 class ApiServer:

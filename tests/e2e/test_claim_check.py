@@ -16,9 +16,10 @@ from tests.db import query, scalar
 from tests.e2e.conftest import StartWorker
 from tests.polling import wait_for
 from tests.streams import events_by_batch
-from worker import app, custody, enqueue_batch
-from worker.processes import worker_command
-from worker.sample_traces import generate_traces
+from worker import app, enqueue_batch
+from worker.client import custody
+from worker.devtools.processes import worker_command
+from worker.devtools.sample_traces import generate_traces
 from worker.wire import task_kwargs_of
 
 

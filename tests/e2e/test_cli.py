@@ -13,7 +13,7 @@ from typing import Any
 from tests.db import query, scalar
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
-from worker.sample_traces import generate_traces
+from worker.devtools.sample_traces import generate_traces
 
 
 def cli(

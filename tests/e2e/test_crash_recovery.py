@@ -19,9 +19,10 @@ from tests.e2e.pipeline_state import describe_pipeline
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import events_by_batch
-from worker import app, custody, enqueue_batch
-from worker.local_stack import PostgresServer, RedisServer
-from worker.sample_traces import generate_traces
+from worker import app, enqueue_batch
+from worker.client import custody
+from worker.devtools.local_stack import PostgresServer, RedisServer
+from worker.devtools.sample_traces import generate_traces
 
 
 def enqueue_backlog(traces: int, batch_size: int) -> list[str]:

@@ -20,8 +20,8 @@ from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import STREAM, stream_events
 from worker import app, enqueue_batch
-from worker.consumer import follow_ingested, malformed_key
-from worker.sample_traces import generate_traces
+from worker.client.consumer import follow_ingested, malformed_key
+from worker.devtools.sample_traces import generate_traces
 
 
 def store(batches: list[list[dict[str, Any]]], database_url: str, source: str = "follow") -> list[str]:

@@ -23,9 +23,9 @@ from tests.e2e.http_servers import ApiServer
 from tests.e2e.test_cli import cli
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
+from worker.devtools.local_stack import free_port
 from worker.http_api import create_app
 from worker.http_api.traces import IDEMPOTENCY_NAMESPACE
-from worker.local_stack import free_port
 
 
 def seed_trace(n: int, **changes: Any) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from tests.e2e.conftest import StartWorker
 from tests.polling import wait_for
 from tests.streams import events_by_batch, stream_events
 from worker import app, enqueue_batch
-from worker.local_stack import RedisServer, free_port
-from worker.sample_traces import generate_traces
+from worker.devtools.local_stack import RedisServer, free_port
+from worker.devtools.sample_traces import generate_traces
 from worker.wire import task_kwargs_of
 
 

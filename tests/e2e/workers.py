@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from tests.polling import wait_for
-from worker.processes import worker_command
+from worker.devtools.processes import worker_command
 
 
 class WorkerProcess:

@@ -10,11 +10,12 @@ from redis.asyncio import Redis as AsyncRedis
 
 from services.validation import validate_traces
 from tests.db import query
-from worker import custody, enqueue_batch
-from worker.enqueue import batch_key, delivery_counter_key
+from worker import enqueue_batch
+from worker.client import custody
+from worker.client.enqueue import batch_key, delivery_counter_key
+from worker.devtools.sample_traces import generate_traces
 from worker.heartbeat import heartbeat_key
 from worker.runtime import current_runtime, stop_runtime
-from worker.sample_traces import generate_traces
 from worker.settings import get_settings
 from worker.tasks import _resend_lost
 

@@ -12,10 +12,11 @@ import pytest
 import redis
 
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull
-from worker import custody, enqueue_batch, enqueue_batch_async
-from worker.enqueue import queue_depth
-from worker.local_stack import free_port
-from worker.sample_traces import generate_traces
+from worker import enqueue_batch, enqueue_batch_async
+from worker.client import custody
+from worker.client.enqueue import queue_depth
+from worker.devtools.local_stack import free_port
+from worker.devtools.sample_traces import generate_traces
 from worker.settings import get_settings
 from worker.wire import task_kwargs_of
 

@@ -24,9 +24,9 @@ from services.ingest import BatchIn, claim_batch, copy_traces, ingest_batch
 from services.validation import validate_traces
 from tests.db import as_received
 from tests.streams import STREAM, stream_events
+from worker.devtools.local_stack import free_port
+from worker.devtools.sample_traces import generate_traces
 from worker.events import RedisStreamPublisher
-from worker.local_stack import free_port
-from worker.sample_traces import generate_traces
 
 
 def make_batch(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> BatchIn:

@@ -29,9 +29,9 @@ from services.reprocess import (
 )
 from services.validation import validate_traces
 from tests.streams import STREAM, stream_events
+from worker.devtools.local_stack import free_port
+from worker.devtools.sample_traces import generate_traces
 from worker.events import RedisStreamPublisher
-from worker.local_stack import free_port
-from worker.sample_traces import generate_traces
 
 LIMITS = Limits(max_batch=1000, max_bytes=8 * 1024 * 1024, max_deliveries=5)
 

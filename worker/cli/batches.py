@@ -13,9 +13,9 @@ import click
 from services.reports import get_batch_status
 from services.reprocess import find_failed_batches, redrive_batch
 from worker.cli.common import ExpectedFailure, expected_failures, json_ready
-from worker.enqueue import resend_message_async, wait_for_outcomes
-from worker.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, read_jsonl
-from worker.oneshot import with_session
+from worker.cli.oneshot import with_session
+from worker.client.enqueue import resend_message_async, wait_for_outcomes
+from worker.client.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, read_jsonl
 from worker.settings import get_settings
 
 

@@ -18,8 +18,10 @@ from typing import Any
 import click
 import orjson
 
-from worker.bench_copy import copy_ceiling
-from worker.bench_drain import (
+from worker.celery_app import app
+from worker.cli.migrate import upgrade_to_head
+from worker.devtools.bench_copy import copy_ceiling
+from worker.devtools.bench_drain import (
     cpu_seconds,
     enqueue_rate,
     latency_ms,
@@ -31,15 +33,13 @@ from worker.bench_drain import (
     wait_until_published,
     worker_pids,
 )
-from worker.bench_http import HTTP_CLIENTS, WAIT_WARMUP, http_enqueue_rate, wait_latency_ms
-from worker.bench_seed import seed_pattern_rate
-from worker.celery_app import app
-from worker.local_sentinel import SentinelStack
-from worker.local_stack import PostgresServer, RedisServer, free_port
-from worker.migrate import upgrade_to_head
-from worker.processes import api_process
+from worker.devtools.bench_http import HTTP_CLIENTS, WAIT_WARMUP, http_enqueue_rate, wait_latency_ms
+from worker.devtools.bench_seed import seed_pattern_rate
+from worker.devtools.local_sentinel import SentinelStack
+from worker.devtools.local_stack import PostgresServer, RedisServer, free_port
+from worker.devtools.processes import api_process
+from worker.devtools.sample_traces import generate_traces
 from worker.redis_connect import connect
-from worker.sample_traces import generate_traces
 from worker.settings import environment, get_settings
 
 #: Words of filler per generated trace: about 2.8 KB of JSON, the size the performance targets assume.

@@ -14,7 +14,7 @@ import click
 import orjson
 
 from worker.cli.common import expected_failures
-from worker.consumer import IngestedBatch, follow_ingested_async
+from worker.client.consumer import IngestedBatch, follow_ingested_async
 from worker.heap import keep_freed_memory_for_reuse
 
 

@@ -8,9 +8,9 @@ import time
 import click
 
 from worker.cli.common import expected_failures, json_ready
-from worker.migrate import upgrade_to_head
+from worker.cli.migrate import upgrade_to_head
+from worker.cli.stats import collect_stats
 from worker.settings import get_settings, redact
-from worker.stats import collect_stats
 
 
 @click.command()
@@ -47,7 +47,7 @@ def metrics(port: int, address: str) -> None:
     """Serve ingest metrics for Prometheus at http://ADDRESS:PORT/metrics until interrupted."""
     from prometheus_client import REGISTRY, start_http_server
 
-    from worker.metrics import IngestCollector
+    from worker.cli.metrics import IngestCollector
 
     REGISTRY.register(IngestCollector())
     start_http_server(port, addr=address)

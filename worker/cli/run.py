@@ -16,14 +16,14 @@ import click
 from worker.celery_app import app
 from worker.cli.batches import invalid_lines_summary
 from worker.cli.common import ExpectedFailure
-from worker.enqueue import wait_for_outcomes
-from worker.jsonl import JsonlLine, enqueue_jsonl, read_jsonl
-from worker.local_stack import PostgresServer, RedisServer, free_port
-from worker.migrate import upgrade_to_head
-from worker.processes import api_process, beat_process, flower_process, worker_process
-from worker.sample_traces import generate_traces
+from worker.cli.migrate import upgrade_to_head
+from worker.cli.stats import collect_stats
+from worker.client.enqueue import wait_for_outcomes
+from worker.client.jsonl import JsonlLine, enqueue_jsonl, read_jsonl
+from worker.devtools.local_stack import PostgresServer, RedisServer, free_port
+from worker.devtools.processes import api_process, beat_process, flower_process, worker_process
+from worker.devtools.sample_traces import generate_traces
 from worker.settings import get_settings, redact
-from worker.stats import collect_stats
 
 
 class _Stop(Exception):

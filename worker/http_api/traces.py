@@ -14,13 +14,13 @@ from pydantic import TypeAdapter
 
 from models.schemas import TraceIn
 from services.errors import BatchRejected, QueueFull, TraceError
-from worker.enqueue import BatchReceipt, check_source, enqueue_batch_async
+from worker.client.enqueue import BatchReceipt, check_source, enqueue_batch_async
+from worker.client.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, loads_json, read_jsonl
 from worker.http_api.auth import require_token
 from worker.http_api.body import OverlongLine, body_lines, read_bounded
 from worker.http_api.errors import queue_full_response
 from worker.http_api.models import JsonlAccepted, LineProblem, Receipt, SeedBatchCreated
 from worker.http_api.waiting import outcome
-from worker.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, loads_json, read_jsonl
 from worker.settings import get_settings
 
 router = APIRouter(prefix="/api/traces", tags=["traces"], dependencies=[Depends(require_token)])

@@ -18,8 +18,8 @@ from redis.exceptions import RedisError
 from models.schemas import Source
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull, TraceError
 from services.validation import ValidatedBatch, validate_traces
-from worker import custody
 from worker.celery_app import app
+from worker.client import custody
 from worker.redis_connect import shared_client
 from worker.settings import get_settings, redact
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from services.errors import BatchRejected, EnqueueFailed, QueueFull
-from worker.enqueue import BatchReceipt, check_source, enqueue_batch
+from worker.client.enqueue import BatchReceipt, check_source, enqueue_batch
 
 
 class JsonlLine(NamedTuple):

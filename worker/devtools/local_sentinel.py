@@ -11,7 +11,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from worker.local_stack import LOOPBACK, RedisServer, free_port
+from worker.devtools.local_stack import LOOPBACK, RedisServer, free_port
 
 
 class SentinelServer:

@@ -9,9 +9,9 @@ from redis import Redis
 from redis.exceptions import ResponseError
 
 from services.reports import StoreTotals, store_totals
-from worker import custody
-from worker.enqueue import queue_depth
-from worker.oneshot import with_session
+from worker.cli.oneshot import with_session
+from worker.client import custody
+from worker.client.enqueue import queue_depth
 from worker.redis_connect import shared_client
 from worker.settings import get_settings
 from worker.wire import task_kwargs_of

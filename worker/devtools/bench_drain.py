@@ -14,8 +14,8 @@ from typing import Any, cast
 import asyncpg
 from redis import Redis
 
-from worker.enqueue import enqueue_batch
-from worker.processes import ChildProcess, worker_process
+from worker.client.enqueue import enqueue_batch
+from worker.devtools.processes import ChildProcess, worker_process
 from worker.redis_connect import connect
 
 

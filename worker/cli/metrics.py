@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from worker.stats import collect_stats
+from worker.cli.stats import collect_stats
 
 
 class IngestCollector(Collector):
