@@ -29,6 +29,8 @@ StartWorker = Callable[..., WorkerProcess]
 @pytest.fixture(autouse=True)
 def _every_test_has_servers(servers: None) -> None:
     """End-to-end tests run real processes against the real PostgreSQL and Redis of the session."""
+
+
 StartBeat = Callable[[dict[str, str]], ChildProcess]
 
 
