@@ -218,3 +218,31 @@ class IngestResult(BaseModel):
     ids: list[int] = Field(default_factory=list)
     published: bool = False
     errors: list[dict[str, Any]] = Field(default_factory=list)
+
+    @classmethod
+    def stored(
+        cls,
+        batch_id: UUID,
+        source: str,
+        *,
+        ids: list[int],
+        created_at: datetime | None,
+        ingested_at: datetime | None,
+        published: bool = False,
+    ) -> IngestResult:
+        """A batch PostgreSQL holds: its rows' ids (position order) and the time they were written."""
+        return cls(
+            batch_id=batch_id,
+            source=source,
+            state="ingested",
+            count=len(ids),
+            ingested_at=ingested_at,
+            created_at=created_at,
+            ids=ids,
+            published=published,
+        )
+
+    @classmethod
+    def not_stored(cls, batch_id: UUID, source: str, state: str, errors: list[dict[str, Any]]) -> IngestResult:
+        """A batch kept as `rejected` or parked as `failed` (or refused as a conflict): no rows, its reasons."""
+        return cls(batch_id=batch_id, source=source, state=state, count=0, errors=errors)

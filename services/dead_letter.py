@@ -39,7 +39,8 @@ def batch_id_of(message: Any, raw_payload: str) -> UUID:
     return uuid.uuid5(_UNKEYED_NAMESPACE, payload_hash(raw_payload))
 
 
-def _storable(text: str) -> str:
+def _escaped_for_storage(text: str) -> str:
+    """`text` with what PostgreSQL cannot store (NUL, lone surrogates) escaped, so a reason is never lost."""
     return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
@@ -47,8 +48,8 @@ def errors_json(errors: Sequence[TraceError]) -> list[dict[str, Any]]:
     return [
         {
             "trace_index": error.trace_index,
-            "field_path": _storable(error.field_path),
-            "message": _storable(error.message),
+            "field_path": _escaped_for_storage(error.field_path),
+            "message": _escaped_for_storage(error.message),
         }
         for error in errors
     ]
@@ -73,7 +74,7 @@ async def record_dead_batch(
     """
     row = insert(Batch).values(
         id=batch_id,
-        source=_storable(source)[:200] or "unknown",
+        source=_escaped_for_storage(source)[:200] or "unknown",
         state=state,
         trace_count=trace_count,
         content_hash=content_hash,

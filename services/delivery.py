@@ -87,13 +87,8 @@ def failed_payload(batch: BatchIn) -> str:
 
 def _dead_result(message: Any, state: BatchState, errors: list[TraceError], raw_payload: str) -> IngestResult:
     source = message.get("source") if isinstance(message, dict) else None
-    return IngestResult(
-        batch_id=batch_id_of(message, raw_payload),
-        source=str(source or "unknown"),
-        state=state,
-        count=0,
-        errors=[error._asdict() for error in errors],
-    )
+    errors_found = [error._asdict() for error in errors]
+    return IngestResult.not_stored(batch_id_of(message, raw_payload), str(source or "unknown"), state, errors_found)
 
 
 async def _record_failed(
@@ -243,10 +238,5 @@ async def ingest_message(
         return await ingest_batch(session, batch, publisher=publisher, attempts=attempts)
     except BatchConflict as conflict:
         log.error("batch %s: %s", batch.batch_id, conflict)
-        return IngestResult(
-            batch_id=batch.batch_id,
-            source=batch.source,
-            state="conflict",
-            count=0,
-            errors=[error._asdict() for error in conflict.errors],
-        )
+        errors = [error._asdict() for error in conflict.errors]
+        return IngestResult.not_stored(batch.batch_id, batch.source, "conflict", errors)

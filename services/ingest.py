@@ -120,13 +120,7 @@ async def ingest_batch(
             raise BatchConflict(batch.batch_id)
         if existing.state == BatchState.REJECTED:
             await session.rollback()
-            return IngestResult(
-                batch_id=batch.batch_id,
-                source=batch.source,
-                state=BatchState.REJECTED,
-                count=0,
-                errors=existing.errors or [],
-            )
+            return IngestResult.not_stored(batch.batch_id, batch.source, BatchState.REJECTED, existing.errors or [])
         ingested_at, published_at = existing.ingested_at, existing.published_at
         log.info("batch %s was already stored; nothing inserted", batch.batch_id)
     await session.commit()
@@ -143,15 +137,8 @@ async def _announce(
 ) -> IngestResult:
     """Read a committed batch's rows back (one SELECT) and publish its event unless it is out already."""
     ids, created_at = await read_back(session, batch_id)
-    result = IngestResult(
-        batch_id=batch_id,
-        source=source,
-        state=BatchState.INGESTED,
-        count=len(ids),
-        ingested_at=ingested_at,
-        created_at=created_at,
-        ids=ids,
-        published=published_at is not None,
+    result = IngestResult.stored(
+        batch_id, source, ids=ids, created_at=created_at, ingested_at=ingested_at, published=published_at is not None
     )
     if published_at is not None:
         return result

@@ -56,14 +56,8 @@ async def publish_unpublished_batches(
     published = 0
     for batch in batches:
         ids, created_at = stored.get(batch.id, ([], None))
-        result = IngestResult(
-            batch_id=batch.id,
-            source=batch.source,
-            state=BatchState.INGESTED,
-            count=len(ids),
-            ingested_at=batch.ingested_at,
-            created_at=created_at,
-            ids=ids,
+        result = IngestResult.stored(
+            batch.id, batch.source, ids=ids, created_at=created_at, ingested_at=batch.ingested_at
         )
         published += (await publish_result(session, result, publisher=publisher)).published
     log.info("outbox sweep published %d of %d unpublished batches", published, len(batches))

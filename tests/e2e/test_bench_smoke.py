@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.test_cli import cli
+from tests.e2e.commands import cli
 
 
 def test_bench_reports_every_figure_as_json() -> None:

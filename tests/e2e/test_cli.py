@@ -6,28 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from tests.db import query, scalar
+from tests.e2e.commands import cli
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
+from worker.devtools.processes import cli_command
 from worker.devtools.sample_traces import generate_traces
-
-
-def cli(
-    *arguments: str, env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", "from worker.cli import main; main()", *arguments]
-    return subprocess.run(
-        command,
-        env={**os.environ, **(env or {})},
-        input=stdin.decode() if stdin else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def line(trace: dict[str, Any] | Any) -> bytes:
@@ -159,17 +146,7 @@ def test_run_on_throwaway_servers_ingests_a_sample_and_leaves_nothing_behind(tmp
     env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
     state = tmp_path / "state"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from worker.cli import main; main()",
-            "run",
-            "--traces",
-            "1500",
-            "--exit-after-ingest",
-            "--state-dir",
-            str(state),
-        ],
+        cli_command("run", "--traces", "1500", "--exit-after-ingest", "--state-dir", str(state)),
         env=env,
         capture_output=True,
         text=True,
@@ -188,16 +165,7 @@ def test_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     with log.open("w") as output:
         running = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from worker.cli import main; main()",
-                "run",
-                "--traces",
-                "200",
-                "--state-dir",
-                str(state),
-            ],
+            cli_command("run", "--traces", "200", "--state-dir", str(state)),
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -15,12 +14,13 @@ from celery.result import AsyncResult
 
 from tests.conftest import SAMPLE_DATA
 from tests.db import published_batches, query, scalar
-from tests.e2e.test_cli import cli
+from tests.e2e.commands import cli
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import STREAM, stream_events
 from worker import app, enqueue_batch
 from worker.client.consumer import follow_ingested, malformed_key
+from worker.devtools.processes import cli_command
 from worker.devtools.sample_traces import generate_traces
 
 
@@ -95,7 +95,7 @@ def test_a_consumer_killed_mid_stream_leaves_its_batches_to_another_consumer_of_
 ) -> None:
     generated = list(generate_traces(2000, seed=6, padding=60))
     batch_ids = store([generated[i : i + 100] for i in range(0, 2000, 100)], database_url)
-    command = [sys.executable, "-c", "from worker.cli import main; main()", "follow", "--from-start", "--batches"]
+    command = cli_command("follow", "--from-start", "--batches")
     victim = subprocess.Popen([*command, "--consumer", "victim"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     client = redis.Redis.from_url(redis_url)
     # Nobody reads its output: it blocks writing its first batch, with that batch (and those read with it) pending.
@@ -159,7 +159,7 @@ def test_ctrl_c_stops_follow_cleanly_with_nothing_half_acknowledged(
     worker_process: WorkerProcess, database_url: str, redis_url: str
 ) -> None:
     store([list(generate_traces(3))], database_url)
-    command = [sys.executable, "-c", "from worker.cli import main; main()", "follow", "--from-start", "--batches"]
+    command = cli_command("follow", "--from-start", "--batches")
     following = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = redis.Redis.from_url(redis_url)
     wait_for(lambda: lines_read_by_group(client) == 1 and pending(client) == 0, what="follow to hand the batch over")

@@ -19,8 +19,8 @@ import redis
 
 from tests.conftest import SAMPLE_DATA
 from tests.db import as_received, query, scalar
+from tests.e2e.commands import cli
 from tests.e2e.http_servers import ApiServer
-from tests.e2e.test_cli import cli
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from worker.devtools.local_stack import free_port

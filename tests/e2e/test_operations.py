@@ -29,7 +29,7 @@ from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from worker import app, enqueue_batch
 from worker.devtools.local_stack import free_port
-from worker.devtools.processes import ChildProcess, celery_command
+from worker.devtools.processes import ChildProcess, celery_command, cli_command
 from worker.devtools.sample_traces import generate_traces
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -280,7 +280,7 @@ def test_metrics_endpoint_serves_ingest_figures(worker_process: WorkerProcess, t
     port = free_port()
     server = ChildProcess(
         "metrics",
-        [sys.executable, "-c", "from worker.cli import main; main()", "metrics", "--port", str(port)],
+        cli_command("metrics", "--port", str(port)),
         tmp_path / "metrics.log",
     ).start()
     try:

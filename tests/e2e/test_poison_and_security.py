@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,6 +18,7 @@ from kombu.entity import Exchange
 from kombu.messaging import Producer
 
 from tests.db import published_batches, query, scalar
+from tests.e2e.commands import cli
 from tests.e2e.conftest import StartWorker
 from tests.polling import wait_for
 from tests.streams import events_by_batch, stream_events
@@ -140,10 +140,12 @@ def test_no_credential_appears_in_logs_or_errors_with_a_password_protected_redis
         traces = tmp_path / "traces.jsonl"
         traces.write_text("\n".join(json.dumps(t) for t in generate_traces(20)) + "\nnot json\n")
         cli_env = {**os.environ, **env}
-        enqueue = _cli(["enqueue", str(traces), "--wait", "--batch-size", "10"], cli_env)
-        stats = _cli(["stats"], cli_env)
-        wrong = _cli(["stats"], {**cli_env, "REDIS_URL": server.url.replace(password, "wrong-" + password)})
-        unreachable = _cli(["migrate"], {**cli_env, "DATABASE_URL": f"postgresql+asyncpg://u:{password}@127.0.0.1:1/x"})
+        enqueue = cli("enqueue", str(traces), "--wait", "--batch-size", "10", env=cli_env)
+        stats = cli("stats", env=cli_env)
+        wrong = cli("stats", env={**cli_env, "REDIS_URL": server.url.replace(password, "wrong-" + password)})
+        unreachable = cli(
+            "migrate", env={**cli_env, "DATABASE_URL": f"postgresql+asyncpg://u:{password}@127.0.0.1:1/x"}
+        )
         worker.stop()
     finally:
         server.remove()
@@ -154,11 +156,6 @@ def test_no_credential_appears_in_logs_or_errors_with_a_password_protected_redis
         assert password not in output.stdout + output.stderr
         assert "Traceback" not in output.stderr
     assert password not in worker.log()
-
-
-def _cli(arguments: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", "from worker.cli import main; main()", *arguments]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _tls_files(directory: Path) -> dict[str, Path]:
@@ -253,8 +250,8 @@ def test_rediss_with_a_private_ca_carries_batches_end_to_end(
         start_worker("tls", env=env)
         traces = tmp_path / "traces.jsonl"
         traces.write_text("\n".join(json.dumps(t) for t in generate_traces(30)))
-        done = _cli(["enqueue", str(traces), "--wait"], {**os.environ, **env})
-        plain = _cli(["stats"], {**os.environ, **env, "REDIS_URL": url.replace("rediss://", "redis://")})
+        done = cli("enqueue", str(traces), "--wait", env={**os.environ, **env})
+        plain = cli("stats", env={**os.environ, **env, "REDIS_URL": url.replace("rediss://", "redis://")})
     finally:
         server.terminate()
         server.wait(10)

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from tests.db import query
+from tests.e2e.commands import cli
 from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWorker
 from tests.e2e.http_servers import ApiServer
-from tests.e2e.test_cli import cli
 from tests.e2e.test_operations import http_get
 from tests.polling import wait_for
 from worker.devtools.local_sentinel import SentinelStack

@@ -32,27 +32,40 @@ class ChildProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def wait_for_log(self, marker: bytes, timeout: float = 60.0) -> None:
+    def wait_for_log(self, marker: bytes, timeout: float = 60.0, *, since: int = 0) -> None:
+        """Wait until `marker` appears in the log after byte `since`; raise if the process exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise RuntimeError(f"{self.name} exited early; see {self.log_path}")
-            if marker in self.log_path.read_bytes():
-                return
+                raise RuntimeError(f"{self.name} exited early:\n{self.log()[-3000:]}")
+            with self.log_path.open("rb") as log:
+                log.seek(since)
+                if marker in log.read():
+                    return
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to the whole group (warm shutdown), SIGKILL if it is still there after `timeout`."""
-        if not self.running():
-            return
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM to the whole group (warm shutdown), SIGKILL if it is still there after `timeout`; the exit
+        code (None if it never started)."""
+        if self.process is None:
+            return None
+        if self.running():
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def cli_command(*arguments: str) -> list[str]:
+    """`tunix-ingest ARGUMENTS` run by this interpreter (its console script need not be on PATH)."""
+    return [sys.executable, "-c", "from worker.cli import main; main()", *arguments]
 
 
 def celery_command(*arguments: str) -> list[str]:
@@ -98,6 +111,5 @@ def api_process(
     log_dir: Path, port: int, *, host: str = "127.0.0.1", workers: int = 1, env: dict[str, str] | None = None
 ) -> ChildProcess:
     """`tunix-ingest serve`: the HTTP enqueue API (ready once its log says "Application startup complete")."""
-    command = [sys.executable, "-c", "from worker.cli import main; main()", "serve"]
-    options = ["--host", host, "--port", str(port), "--workers", str(workers)]
-    return ChildProcess("api", [*command, *options], log_dir / f"api-{port}.log", env=env)
+    command = cli_command("serve", "--host", host, "--port", str(port), "--workers", str(workers))
+    return ChildProcess("api", command, log_dir / f"api-{port}.log", env=env)
