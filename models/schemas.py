@@ -1,12 +1,11 @@
-"""Wire schemas (PRODUCT.md §3, §5, §6). Strict: a wrong type is an error, never coerced."""
+"""The trace schemas of PRODUCT.md §3: every rule a trace and its steps obey. Strict: a wrong type is an error,
+never coerced. The task and event messages are in `models.messages`."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Annotated, Any, NotRequired
-from uuid import UUID
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -175,74 +174,3 @@ class TraceFields(TypedDict):
     final_answer: Long
     steps: Annotated[list[StepFields], Field(min_length=1, max_length=1000), AfterValidator(unique_step_indices)]
     meta: NotRequired[MetaShape]
-
-
-class BatchMessage(BaseModel):
-    """Wire format v1 of an `ingest.batch` task: the traces inline. Still accepted, so that messages queued by an
-    older version are ingested after an upgrade; traces are checked separately, one by one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    batch_id: UUID
-    source: Source
-    traces: list[Any]
-    enqueued_at: datetime | None = None
-
-
-class BatchTicket(BaseModel):
-    """Wire format v2 of an `ingest.batch` task (PRODUCT.md §5): a claim check. The traces' JSON waits in
-    custody under `custody_seq`; the message itself stays a few hundred bytes whatever the batch size."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    batch_id: UUID
-    source: Source
-    trace_count: Annotated[int, Field(ge=1)]
-    #: sha256 of the body: the worker checks that the body it fetched is the one this message names.
-    content_hash: Annotated[str, StringConstraints(pattern="^[0-9a-f]{64}$")]
-    custody_seq: Annotated[int, Field(ge=1)]
-    enqueued_at: datetime | None = None
-
-
-class IngestResult(BaseModel):
-    """The outcome of one batch: the "ingested" event (v2) and the task result carry this summary."""
-
-    batch_id: UUID
-    source: str
-    state: str
-    count: int
-    ingested_at: datetime | None = None
-    #: The database time of the batch's rows: one transaction writes them all, so they share it.
-    created_at: datetime | None = None
-    #: The stored rows' ids in position order.
-    ids: list[int] = Field(default_factory=list)
-    published: bool = False
-    errors: list[dict[str, Any]] = Field(default_factory=list)
-
-    @classmethod
-    def stored(
-        cls,
-        batch_id: UUID,
-        source: str,
-        *,
-        ids: list[int],
-        created_at: datetime | None,
-        ingested_at: datetime | None,
-        published: bool = False,
-    ) -> IngestResult:
-        """A batch PostgreSQL holds: its rows' ids (position order) and the time they were written."""
-        return cls(
-            batch_id=batch_id,
-            source=source,
-            state="ingested",
-            count=len(ids),
-            ingested_at=ingested_at,
-            created_at=created_at,
-            ids=ids,
-            published=published,
-        )
-
-    @classmethod
-    def not_stored(cls, batch_id: UUID, source: str, state: str, errors: list[dict[str, Any]]) -> IngestResult:
-        """A batch kept as `rejected` or parked as `failed` (or refused as a conflict): no rows, its reasons."""
-        return cls(batch_id=batch_id, source=source, state=state, count=0, errors=errors)

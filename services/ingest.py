@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
-from models.schemas import IngestResult
+from models.messages import IngestResult
 from models.tables import Batch, BatchState, Trace
 from models.trace_rows import TRACE_COLUMNS, trace_records
 from services.errors import BatchConflict

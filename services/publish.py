@@ -12,7 +12,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
-from models.schemas import IngestResult
+from models.messages import IngestResult
 from models.tables import Batch
 from services.errors import PublishFailed
 

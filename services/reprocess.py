@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import derived as derivation
-from models.schemas import IngestResult
+from models.messages import IngestResult
 from models.tables import Batch, BatchState, Trace
 from services.publish import Publisher, publish_result
 

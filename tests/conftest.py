@@ -17,7 +17,8 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-import worker.tasks  # noqa: F401  register the tasks before any fixture app exists
+import worker.scheduled_tasks
+import worker.tasks  # noqa: F401
 from tests.db import query
 from worker.cli.migrate import upgrade_to_head
 from worker.devtools.local_stack import PostgresServer, RedisServer

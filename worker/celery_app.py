@@ -118,5 +118,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 install_flower_guard()
 install_broker_transports()
 refuse_unusable_url_in_celery_commands()
-app = Celery("tunix_ingest", include=["worker.tasks", "worker.redis_policy", "worker.heartbeat"])
+app = Celery(
+    "tunix_ingest", include=["worker.tasks", "worker.scheduled_tasks", "worker.redis_policy", "worker.heartbeat"]
+)
 app.add_defaults(lambda: celery_config(get_settings()))

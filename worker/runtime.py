@@ -16,7 +16,7 @@ from celery import signals
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from services.delivery import Limits
+from services.message_parsing import Limits
 from worker.events import RedisStreamPublisher
 from worker.heap import keep_freed_memory_for_reuse
 from worker.redis_connect import connect_async

@@ -16,8 +16,8 @@ from worker.client.enqueue import batch_key, delivery_counter_key
 from worker.devtools.sample_traces import generate_traces
 from worker.heartbeat import heartbeat_key
 from worker.runtime import current_runtime, stop_runtime
+from worker.scheduled_tasks import _resend_lost
 from worker.settings import get_settings
-from worker.tasks import _resend_lost
 
 
 @pytest.fixture

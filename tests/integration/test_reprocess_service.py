@@ -17,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import derived
 from models.tables import Batch, Trace
-from services.delivery import RAW_PAYLOAD_CAP, Limits, ingest_message, park_failed_message
+from services.delivery import ingest_message
 from services.ingest import BatchIn, ingest_batch
+from services.message_parsing import Limits
+from services.parking import RAW_PAYLOAD_CAP, park_failed_message
 from services.reports import get_batch_status, store_totals
 from services.reprocess import (
     count_stale_traces,
