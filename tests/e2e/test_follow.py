@@ -18,8 +18,8 @@ from tests.e2e.commands import cli
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import STREAM, stream_events
-from worker import app, enqueue_batch
-from worker.client.consumer import follow_ingested, malformed_key
+from worker import app, enqueue_batch, follow_ingested
+from worker.client.consumer_group import malformed_key
 from worker.devtools.processes import cli_command
 from worker.devtools.sample_traces import generate_traces
 
