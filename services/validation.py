@@ -14,11 +14,10 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from models.schemas import TraceFields, TraceIn
+from models.schemas import TraceIn, unstorable_text
 from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
 
-_FAST = TypeAdapter(list[TraceFields])
-_PRECISE = TypeAdapter(list[TraceIn])
+_TRACES = TypeAdapter(list[TraceIn])
 #: How JSON writes a NUL character inside a string (orjson writes it exactly so).
 _ESCAPED_NUL = b"\\u0000"
 
@@ -116,16 +115,33 @@ def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int)
     _check_count(len(traces), max_batch)
     plain = [_plain(trace) for trace in traces]
     body = encode_body(plain, max_bytes)
-    try:
-        _FAST.validate_python(plain)
-        if body is None or _ESCAPED_NUL in body:
-            # Some string may not be storable (a NUL, a lone surrogate): the per-field validators name it.
-            _PRECISE.validate_python(plain)
-    except ValidationError as error:
-        raise BatchRejected(_trace_errors(error)) from None
+    # Some string may not be storable (a NUL, or a lone surrogate that stops the encoder): name each one.
+    _raise_problems(plain, check_text=body is None or _ESCAPED_NUL in body)
     if body is None:
         raise BatchRejected([TraceError(None, "traces", "the batch cannot be encoded as JSON")])
     return ValidatedBatch(plain, hashlib.sha256(body).hexdigest(), body)  # type: ignore[arg-type]
+
+
+def _unstorable_errors(traces: list[Any]) -> list[TraceError]:
+    return [TraceError(index, path, reason, "string_unstorable") for index, path, reason in unstorable_text(traces)]
+
+
+def _raise_problems(traces: list[Any], *, check_text: bool, structural: ValidationError | None = None) -> None:
+    """Raise `BatchRejected` with every problem of `traces`, in trace order: the rules of `TraceIn` (or the
+    error they already raised) and, when `check_text`, storability."""
+    if structural is None:
+        try:
+            _TRACES.validate_python(traces)
+        except ValidationError as error:
+            structural = error
+    problems = _trace_errors(structural) if structural else []
+    if check_text:  # pydantic already names a lone surrogate in a `str` field: one problem per field
+        named = {(problem.trace_index, problem.field_path) for problem in problems}
+        problems += [e for e in _unstorable_errors(traces) if (e.trace_index, e.field_path) not in named]
+    if problems:
+        raise BatchRejected(
+            sorted(problems, key=lambda problem: -1 if problem.trace_index is None else problem.trace_index)
+        )
 
 
 def _decode_leniently(body: bytes) -> Any:
@@ -145,21 +161,19 @@ def validate_body(body: bytes, *, max_batch: int, max_bytes: int) -> ValidatedBa
     if len(body) > max_bytes:
         raise _too_big(str(len(body)), max_bytes)
     try:
-        traces: list[dict[str, Any]] = _FAST.validate_json(body)  # type: ignore[assignment]
-        if _ESCAPED_NUL in body:
-            _PRECISE.validate_json(body)
+        traces: list[dict[str, Any]] = _TRACES.validate_json(body)  # type: ignore[assignment]
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         if first["type"] != "json_invalid":
-            raise BatchRejected(_trace_errors(error)) from None
+            # The rules' errors, and storability too: `validate_json` stopped at the first trace that broke one.
+            _raise_problems(_decode_leniently(body), check_text=_ESCAPED_NUL in body, structural=error)
         decoded = _decode_leniently(body)  # a lone surrogate stops the fast parser: find out where
         if not isinstance(decoded, list):
             raise BatchRejected([TraceError(None, "traces", "the body must be a JSON list of traces")]) from None
         _check_count(len(decoded), max_batch)
-        try:
-            _PRECISE.validate_python(decoded)
-        except ValidationError as precise:
-            raise BatchRejected(_trace_errors(precise)) from None
+        _raise_problems(decoded, check_text=True)
         raise BatchRejected([TraceError(None, "traces", f"the body is not valid JSON: {first['msg']}")]) from None
+    if _ESCAPED_NUL in body and (unstorable := _unstorable_errors(traces)):
+        raise BatchRejected(unstorable)
     _check_count(len(traces), max_batch)
     return ValidatedBatch(traces, hashlib.sha256(body).hexdigest(), body)

@@ -8,8 +8,9 @@ import tracemalloc
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from models.schemas import META_MAX_BYTES, TraceIn
+from models.schemas import META_MAX_BYTES
 from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
 from services.validation import field_path, validate_body, validate_traces
 from tests.conftest import SAMPLE_DATA
@@ -189,9 +190,25 @@ def test_every_problem_is_listed_and_the_message_is_readable() -> None:
     assert "trace 2: final_answer: Field required" in str(error)
 
 
+class SeedStep(BaseModel):
+    i: int
+    type: str
+    content: str
+
+
+class SeedTrace(BaseModel):
+    """A producer's own pydantic model, as the seed project's `ReasoningTrace`."""
+
+    trace_version: str
+    prompt: str
+    final_answer: str
+    steps: list[SeedStep]
+    meta: dict[str, Any] | None = None
+
+
 def test_pydantic_models_and_dicts_validate_alike_and_hash_alike() -> None:
     as_dicts = validate_traces([trace()], **LIMITS)
-    as_models = validate_traces([TraceIn.model_validate(trace())], **LIMITS)
+    as_models = validate_traces([SeedTrace.model_validate(trace())], **LIMITS)
     assert as_models.traces == as_dicts.traces
     assert as_models.content_hash == as_dicts.content_hash
 
