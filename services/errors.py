@@ -57,6 +57,10 @@ class BatchSizeOutOfRange(BatchRejected):
         super().__init__([TraceError(None, "traces", reason)])
 
 
+class BatchTooLarge(BatchRejected):
+    """The batch's JSON passes INGEST_MAX_BATCH_BYTES (the HTTP API answers `413`)."""
+
+
 class BatchConflict(BatchRejected):
     """The batch id was already used for different traces: a producer bug, never a retry."""
 

@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from models.schemas import TraceIn, unstorable_text
-from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
+from services.errors import BatchRejected, BatchSizeOutOfRange, BatchTooLarge, TraceError
 
 _TRACES = TypeAdapter(list[TraceIn])
 #: How JSON writes a NUL character inside a string (orjson writes it exactly so).
@@ -73,8 +73,8 @@ def _check_count(count: int, max_batch: int) -> None:
         raise BatchSizeOutOfRange(count, max_batch)
 
 
-def _too_big(size: str, max_bytes: int) -> BatchRejected:
-    return BatchRejected([TraceError(None, "traces", f"{size} bytes of JSON exceeds maximum of {max_bytes} per batch")])
+def _too_big(size: str, max_bytes: int) -> BatchTooLarge:
+    return BatchTooLarge([TraceError(None, "traces", f"{size} bytes of JSON exceeds maximum of {max_bytes} per batch")])
 
 
 def _least_json_size(trace: Any) -> int:
@@ -153,6 +153,8 @@ def _decode_leniently(body: bytes) -> Any:
         raise BatchRejected([TraceError(None, "traces", f"the body is not valid UTF-8 (byte {error.start})")]) from None
     except json.JSONDecodeError as error:
         raise BatchRejected([TraceError(None, "traces", f"the body is not valid JSON: {error}")]) from None
+    except RecursionError:
+        raise BatchRejected([TraceError(None, "traces", "the body's JSON is nested too deeply")]) from None
 
 
 def validate_body(body: bytes, *, max_batch: int, max_bytes: int) -> ValidatedBatch:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import signals
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,10 +42,13 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
 
 
-def install() -> None:
-    """Serve `redis://` and `sentinel://` broker URLs with these transports. Registered as kombu's aliases (not
-    as `broker_transport`) so that URLs keep their scheme for Flower's broker view and the logs; `rediss://`
-    keeps kombu's own TLS transport."""
+@signals.worker_init.connect
+def install(**_: object) -> None:
+    """Serve `redis://` and `sentinel://` broker URLs with these transports in a `celery worker` process (the
+    only kind that holds unacked messages), before it connects. Registered as kombu's aliases (not as
+    `broker_transport`) so that URLs keep their scheme for Flower's broker view and the logs; `rediss://` keeps
+    kombu's own TLS transport. Producers and other processes that import `worker` keep kombu as it was
+    (PRODUCT.md §4)."""
     TRANSPORT_ALIASES["redis"] = f"{__name__}:RedisTransport"
     TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
     for scheme in ("redis", "sentinel"):

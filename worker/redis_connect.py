@@ -43,10 +43,6 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
-def is_sentinel(url: str) -> bool:
-    return _scheme(url) == "sentinel"
-
-
 def sentinel_target(settings: Settings) -> SentinelTarget | None:
     """The Sentinels and master of a Sentinel `REDIS_URL`, None for one server; `RedisUrlError` if unusable."""
     url = settings.redis_url.get_secret_value()

@@ -233,6 +233,21 @@ def test_a_body_that_is_not_a_json_array_is_422_in_json(client: httpx.Client) ->
     }
 
 
+def test_a_trace_that_is_no_object_json_nested_too_deeply_and_an_empty_key_are_422(client: httpx.Client) -> None:
+    not_object = client.post("/api/traces/batch", json=[seed_trace(1), 7])
+    too_deep = client.post("/api/traces/batch", content=b"[" * 5000 + b"]" * 5000)
+    empty_key = client.post("/api/traces/batch", json=[seed_trace(1)], headers={"Idempotency-Key": ""})
+    deep_line = client.post("/api/traces/jsonl", content=json.dumps(seed_trace(1)).encode() + b"\n" + b"[" * 5000)
+
+    assert not_object.status_code == 422 and not_object.json()["detail"][0]["loc"] == ["body", 1]
+    assert too_deep.status_code == 422 and too_deep.json()["detail"][0]["type"] == "json_invalid"
+    assert empty_key.status_code == 422 and empty_key.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert deep_line.status_code == 202 and deep_line.json()["trace_count"] == 1
+    assert deep_line.json()["invalid_lines"] == [
+        {"line": 2, "field": None, "message": "not valid JSON here: nested too deeply"}
+    ]
+
+
 def test_the_real_sample_set_through_http_is_stored_losslessly(
     client: httpx.Client, ingest_worker: WorkerProcess, database_url: str
 ) -> None:
@@ -397,12 +412,17 @@ def test_with_tokens_set_every_api_request_needs_one(tmp_path: Path) -> None:
     assert "beta-token" not in server.log()
 
 
-async def test_without_tokens_a_request_that_arrives_beyond_loopback_is_401() -> None:
+async def test_without_tokens_a_request_from_beyond_loopback_or_through_a_proxy_is_401() -> None:
     transport = httpx.ASGITransport(app=create_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://203.0.113.9:8000") as outside:
         response = await outside.post("/api/traces/batch", json=[seed_trace(1)])
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as proxied:
+        relayed = await proxied.post(
+            "/api/traces/batch", json=[seed_trace(1)], headers={"X-Forwarded-For": "198.51.100.4"}
+        )
 
-    assert response.status_code == 401 and "INGEST_API_TOKENS" in response.json()["detail"]
+    for refused in (response, relayed):
+        assert refused.status_code == 401 and "INGEST_API_TOKENS" in refused.json()["detail"]
 
 
 def test_serve_refuses_to_listen_beyond_loopback_without_tokens() -> None:

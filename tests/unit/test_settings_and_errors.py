@@ -45,6 +45,7 @@ def test_redact_hides_every_password_in_urls(text: str, expected: str) -> None:
 def test_importing_worker_leaves_other_celery_apps_json_as_it_was() -> None:
     from celery import Celery
     from kombu.serialization import dumps, loads
+    from kombu.transport import get_transport_cls
     from kombu.transport import redis as kombu_redis
     from kombu.utils import json as kombu_json
 
@@ -56,6 +57,9 @@ def test_importing_worker_leaves_other_celery_apps_json_as_it_was() -> None:
     assert loads(body, content_type, encoding) == {"when": when, "id": uuid.UUID(int=7)}
     assert kombu_redis.dumps is kombu_json.dumps and kombu_redis.loads is kombu_json.loads  # type: ignore[attr-defined]
     assert other_app.conf.task_serializer == "json"
+    # The transports that survive a broken connection are installed in `celery worker` processes only.
+    assert get_transport_cls("redis") is kombu_redis.Transport
+    assert get_transport_cls("sentinel") is kombu_redis.SentinelTransport
 
 
 def test_secrets_never_print_with_the_settings() -> None:

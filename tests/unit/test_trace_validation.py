@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from models.schemas import META_MAX_BYTES
-from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
+from services.errors import BatchRejected, BatchSizeOutOfRange, BatchTooLarge, TraceError
 from services.validation import field_path, validate_body, validate_traces
 from tests.conftest import SAMPLE_DATA
 
@@ -52,6 +52,12 @@ def test_1001_traces_are_rejected_saying_exceeds_maximum() -> None:
 def test_oversize_payload_is_rejected_before_trace_validation() -> None:
     error = rejection([trace(prompt="x" * 5000)] * 3, max_bytes=10_000)
     assert "exceeds maximum" in str(error) and error.errors[0].trace_index is None
+    assert isinstance(error, BatchTooLarge)
+
+
+def test_json_nested_deeper_than_any_parser_takes_is_a_clear_rejection() -> None:
+    error = body_rejection(b"[" * 5000 + b"]" * 5000)
+    assert error.errors[0].message == "the body's JSON is nested too deeply"
 
 
 def test_trace_missing_final_answer_is_rejected_with_its_index() -> None:

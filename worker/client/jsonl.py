@@ -46,6 +46,9 @@ def read_jsonl(lines: Iterable[bytes], *, first_number: int = 1) -> Iterator[Jso
         except json.JSONDecodeError as error:
             yield JsonlLine(number, None, f"not valid JSON ({error.msg} at column {error.colno})")
             continue
+        except RecursionError:
+            yield JsonlLine(number, None, "not valid JSON here: nested too deeply")
+            continue
         if not isinstance(value, dict):
             yield JsonlLine(number, None, f"a trace must be a JSON object, not {type(value).__name__}")
             continue

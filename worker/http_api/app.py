@@ -23,7 +23,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.database_url.get_secret_value(), pool_size=settings.db_pool_size, pool_pre_ping=True
     )
     app.state.sessions = async_sessionmaker(app.state.engine, expire_on_commit=False)
-    app.state.redis = connect_async(settings, socket_connect_timeout=3)
+    app.state.redis = connect_async(settings, socket_connect_timeout=3, socket_timeout=10)
     app.state.events = EventWatch(app.state.redis, settings.ingest_events_stream)
     app.state.events.start()
     try:

@@ -1,5 +1,5 @@
 """Bearer tokens (`INGEST_API_TOKENS`): required on every /api request when set; without them the API answers
-only requests that arrive on a loopback address, like Flower without auth."""
+only requests that arrive on a loopback address and were not relayed by a proxy, like Flower without auth."""
 
 from __future__ import annotations
 
@@ -22,9 +22,16 @@ def api_tokens() -> list[bytes]:
     return [token.strip().encode() for token in configured.get_secret_value().split(",") if token.strip()]
 
 
-def _listens_on_loopback(request: Request) -> bool:
+#: Headers a proxy adds: a request that carries one came from elsewhere, even if it arrived on loopback.
+_RELAYED = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def _local_request(request: Request) -> bool:
+    """Arrived on a loopback address (or a Unix socket), not relayed by a proxy; anything unknown is not."""
     server = request.scope.get("server")
-    return server is None or server[1] is None or is_loopback(str(server[0]))  # None: a Unix socket
+    if server is None or any(name in request.headers for name in _RELAYED):
+        return False
+    return server[1] is None or is_loopback(str(server[0]))  # a port of None: a Unix socket
 
 
 def _unauthorized(reason: str) -> HTTPException:
@@ -36,7 +43,7 @@ async def require_token(
 ) -> None:
     tokens = api_tokens()
     if not tokens:
-        if not _listens_on_loopback(request):
+        if not _local_request(request):
             raise _unauthorized("this server is reachable beyond loopback: set INGEST_API_TOKENS to use it")
         return
     offered = credentials.credentials.encode() if credentials else b""

@@ -13,7 +13,15 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from services.errors import BatchConflict, BatchRejected, BatchSizeOutOfRange, EnqueueFailed, QueueFull, TraceError
+from services.errors import (
+    BatchConflict,
+    BatchRejected,
+    BatchSizeOutOfRange,
+    BatchTooLarge,
+    EnqueueFailed,
+    QueueFull,
+    TraceError,
+)
 from worker.http_api.body import BodyTooLarge
 from worker.settings import redact
 
@@ -25,7 +33,11 @@ _PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
 def location(error: TraceError) -> list[int | str]:
     """FastAPI's `loc` of a problem: `["body", 3, "steps", 0, "i"]`; the query parameter for a bad source."""
     if error.trace_index is None:
-        return ["query", "source"] if error.field_path == "source" else ["body"]
+        if error.field_path in ("source", "Idempotency-Key"):
+            return ["query", "source"] if error.field_path == "source" else ["header", "Idempotency-Key"]
+        return ["body"]
+    if error.field_path == "trace":  # the trace itself, e.g. not an object
+        return ["body", error.trace_index]
     parts = [int(index) if index else name for index, name in _PATH_PART.findall(error.field_path)]
     return ["body", error.trace_index, *parts]
 
@@ -35,6 +47,8 @@ def rejection_response(rejected: BatchRejected) -> JSONResponse:
         if not rejected.count:
             return JSONResponse({"detail": "Batch must contain at least one trace"}, 400)
         return JSONResponse({"detail": f"Batch size ({rejected.count}) exceeds maximum ({rejected.limit})"}, 400)
+    if isinstance(rejected, BatchTooLarge):
+        return JSONResponse({"detail": rejected.errors[0].message}, 413)
     if isinstance(rejected, BatchConflict):
         return JSONResponse({"detail": rejected.errors[0].message}, 409)
     detail = [{"loc": location(error), "msg": error.message, "type": error.kind} for error in rejected.errors]
@@ -60,7 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unconfirmed(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, EnqueueFailed)
-        return JSONResponse({"detail": str(error), "batch_id": str(error.batch_id)}, 503)
+        log.warning("enqueue not confirmed: %s", redact(str(error)))  # the Redis address stays in the log
+        detail = f"Redis did not confirm the batch; retry with Idempotency-Key: {error.batch_id} (stored once)"
+        return JSONResponse({"detail": detail, "batch_id": str(error.batch_id)}, 503)
 
     async def too_large(_: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, 413, headers={"Connection": "close"})

@@ -35,6 +35,8 @@ def batch_id_for(idempotency_key: str | None) -> uuid.UUID | None:
     """The key itself when it is a UUID, else a UUIDv5 of it: the same key always names the same batch."""
     if idempotency_key is None:
         return None
+    if not idempotency_key.strip():
+        raise BatchRejected([TraceError(None, "Idempotency-Key", "must not be empty", "string_too_short")])
     try:
         return uuid.UUID(idempotency_key)
     except ValueError:
@@ -52,6 +54,10 @@ def _trace_array(body: bytes) -> list[Any]:
     except json.JSONDecodeError as error:
         reason = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
         raise BatchRejected([TraceError(None, "body", reason, "json_invalid")]) from None
+    except RecursionError:
+        raise BatchRejected(
+            [TraceError(None, "body", "not valid JSON here: nested too deeply", "json_invalid")]
+        ) from None
     if not isinstance(value, list):
         raise BatchRejected([TraceError(None, "body", "the body must be a JSON array of traces", "list_type")])
     return value
@@ -101,6 +107,8 @@ async def post_batch(
     event = watch.expect(batch_id)
     try:
         receipt = await enqueue_batch_async(traces, source=source, batch_id=batch_id)
+        # Accepted from here on: whatever happens while waiting, the client gets its receipt, never an error
+        # that would make it send the batch again under another id.
         result = await outcome(watch, event, receipt.task_id, wait)
     finally:
         watch.forget(batch_id, event)

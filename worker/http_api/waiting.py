@@ -77,8 +77,19 @@ class EventWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.reader
 
+    async def _start_id(self) -> bytes | str:
+        """The stream's newest entry id now ("0-0" if empty): reads continue from it, never from a moving "$"."""
+        while True:
+            try:
+                newest = await self.redis.xrevrange(self.stream, count=1)
+            except RedisError as error:
+                log.warning("event stream unreadable, retrying in 1 s: %s", type(error).__name__)
+                await asyncio.sleep(1)
+                continue
+            return cast(bytes, newest[0][0]) if newest else "0-0"
+
     async def _read(self) -> None:
-        last_id = "$"
+        last_id = await self._start_id()
         while True:
             try:
                 replies = cast(
@@ -92,9 +103,21 @@ class EventWatch:
             for _, entries in replies:
                 for entry_id, fields in entries:
                     last_id = entry_id
-                    for waiter in self.waiters.pop(fields.get(b"batch_id", b"").decode(), []):
-                        if not waiter.done():
-                            waiter.set_result(_as_result(fields))
+                    self._hand_over(fields)
+
+    def _hand_over(self, fields: dict[bytes, bytes]) -> None:
+        waiting = self.waiters.pop(fields.get(b"batch_id", b"").decode(errors="replace"), [])
+        if not waiting:
+            return
+        try:
+            result = _as_result(fields)
+        except (KeyError, ValueError, orjson.JSONDecodeError) as problem:  # not an event of ours: wait on
+            log.warning("stream entry is no ingested event (%s); its waiters use the task result", problem)
+            self.waiters.setdefault(fields[b"batch_id"].decode(errors="replace"), []).extend(waiting)
+            return
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(result)
 
     def expect(self, batch_id: UUID) -> asyncio.Future[dict[str, Any]]:
         """A future for the batch's event; ask before enqueueing, so the event cannot pass unseen."""
@@ -120,6 +143,12 @@ async def outcome(
     for unfinished in pending:
         unfinished.cancel()
     for finished in done:
+        if finished.cancelled() or finished.exception() is not None:
+            # Redis failed while we waited (a failover): no answer yet, so the receipt (202) goes out.
+            log.warning(
+                "?wait gave up on a signal: %r", finished.exception() if not finished.cancelled() else "cancelled"
+            )
+            continue
         if finished is event or finished.result() is not None:
             found: dict[str, Any] = finished.result()
             return found
