@@ -9,9 +9,10 @@ failover), and the messages come back by the visibility timeout and custody's re
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
-from celery import signals
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,14 +43,20 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
 
 
-@signals.worker_init.connect
-def install(**_: object) -> None:
-    """Serve `redis://` and `sentinel://` broker URLs with these transports in a `celery worker` process (the
-    only kind that holds unacked messages), before it connects. Registered as kombu's aliases (not as
-    `broker_transport`) so that URLs keep their scheme for Flower's broker view and the logs; `rediss://` keeps
-    kombu's own TLS transport. Producers and other processes that import `worker` keep kombu as it was
-    (PRODUCT.md §4)."""
+def install() -> None:
+    """Serve `redis://` and `sentinel://` broker URLs with these transports. Registered as kombu's aliases (not
+    as `broker_transport`) so that URLs keep their scheme for Flower's broker view and the logs; `rediss://`
+    keeps kombu's own TLS transport."""
     TRANSPORT_ALIASES["redis"] = f"{__name__}:RedisTransport"
     TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
     for scheme in ("redis", "sentinel"):
         _transport_cache.pop(scheme, None)  # resolved before this ran: resolve again
+
+
+def install_in_worker_processes() -> None:
+    """`install` when this process is `celery ... worker` (the only kind that holds unacked messages), at import,
+    before anything connects. Producers and every other process that imports `worker` keep kombu as it was
+    (PRODUCT.md §4)."""
+    program = Path(sys.argv[0])
+    if (program.name == "celery" or program.parent.name == "celery") and "worker" in sys.argv[1:]:
+        install()

@@ -9,6 +9,7 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from worker.beat import REPROCESS_QUEUE, beat_schedule
+from worker.broker_transport import install_in_worker_processes as install_broker_transports
 from worker.flower_guard import install as install_flower_guard
 from worker.redis_connect import celery_redis_options, refuse_unusable_url_in_celery_commands
 from worker.settings import Settings, get_settings
@@ -115,6 +116,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 install_flower_guard()
+install_broker_transports()
 refuse_unusable_url_in_celery_commands()
 app = Celery(
     "tunix_ingest", include=["worker.tasks", "worker.scheduled_tasks", "worker.redis_policy", "worker.heartbeat"]
