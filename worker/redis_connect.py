@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 from redis import Redis
@@ -98,26 +98,24 @@ def _master_kwargs(target: SentinelTarget) -> dict[str, Any]:
     return {"db": target.db, **{key: value for key, value in credentials.items() if value}}
 
 
-def connect(settings: Settings | None = None, **options: Any) -> Redis:
-    """A new client of the current master (or of the one server), with `options` (timeouts, decoding)."""
+def _client(plain: Any, with_sentinels: Any, settings: Settings | None, options: dict[str, Any]) -> Any:
+    """A client made by `plain.from_url`, or by `with_sentinels(...).master_for` for a Sentinel REDIS_URL."""
     settings = settings or get_settings()
     target = sentinel_target(settings)
     if target is None:
-        return Redis.from_url(settings.redis_url.get_secret_value(), **options)
-    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_kwargs(target, options), **options)  # type: ignore[no-untyped-call]
-    master: Redis = sentinel.master_for(target.master, **_master_kwargs(target))  # type: ignore[no-untyped-call]
-    return master
+        return plain.from_url(settings.redis_url.get_secret_value(), **options)
+    sentinels = with_sentinels(target.sentinels, sentinel_kwargs=_sentinel_kwargs(target, options), **options)
+    return sentinels.master_for(target.master, **_master_kwargs(target))
+
+
+def connect(settings: Settings | None = None, **options: Any) -> Redis:
+    """A new client of the current master (or of the one server), with `options` (timeouts, decoding)."""
+    return cast(Redis, _client(Redis, Sentinel, settings, options))
 
 
 def connect_async(settings: Settings | None = None, **options: Any) -> AsyncRedis:
     """`connect` for asyncio code."""
-    settings = settings or get_settings()
-    target = sentinel_target(settings)
-    if target is None:
-        return AsyncRedis.from_url(settings.redis_url.get_secret_value(), **options)
-    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_kwargs(target, options), **options)  # type: ignore[no-untyped-call]
-    master: AsyncRedis = sentinel.master_for(target.master, **_master_kwargs(target))
-    return master
+    return cast(AsyncRedis, _client(AsyncRedis, AsyncSentinel, settings, options))
 
 
 @lru_cache
