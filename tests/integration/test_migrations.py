@@ -35,13 +35,24 @@ async def _create_database(database_url: str, name: str) -> None:
         await connection.close()
 
 
+#: How the trace table's compressible columns are compressed ('l' lz4, '' the server's default).
+_COMPRESSION = (
+    "SELECT attname, attcompression::text FROM pg_attribute WHERE attrelid = 'trace'::regclass "
+    "AND attname IN ('prompt', 'final_answer', 'steps', 'meta') ORDER BY attname"
+)
+
+
 def test_migrations_match_the_models_and_go_down_and_up_again(database_url: str) -> None:
     name = f"migrations_{uuid.uuid4().hex[:8]}"
     asyncio.run(_create_database(database_url, name))
     fresh = database_url.rsplit("/", 1)[0] + f"/{name}"
 
     assert alembic(fresh, "upgrade", "head").returncode == 0
-    assert "0001 (head)" in alembic(fresh, "current").stdout
+    assert "0002 (head)" in alembic(fresh, "current").stdout
+    assert query(fresh, _COMPRESSION) == [("final_answer", "l"), ("meta", "l"), ("prompt", "l"), ("steps", "l")]
+    assert alembic(fresh, "downgrade", "0001").returncode == 0
+    assert query(fresh, _COMPRESSION) == [("final_answer", ""), ("meta", ""), ("prompt", ""), ("steps", "")]
+    assert alembic(fresh, "upgrade", "head").returncode == 0
     check = alembic(fresh, "check")
     assert check.returncode == 0 and "No new upgrade operations detected" in check.stdout + check.stderr
     assert alembic(fresh, "downgrade", "base").returncode == 0
