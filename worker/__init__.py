@@ -4,12 +4,42 @@ The tree, by purpose: this package's modules are the Celery edge (app, tasks, pe
 settings, wire format, Redis connections); `client/` is what applications import (enqueue, JSONL, custody,
 consumers); `http_api/` the HTTP enqueue API; `cli/` the `tunix-ingest` commands and their helpers;
 `devtools/` the local stack and the bench.
+
+The names below are imported on first use (PEP 562): `import worker.cli.follow` or `from worker import
+follow_ingested` does not build the Celery app, which alone takes most of a command's start-up; `worker.app`
+(what `celery -A worker` looks up) builds it.
 """
 
-from services.errors import BatchConflict, BatchRejected, EnqueueFailed, IngestError, QueueFull, TraceError
-from worker.celery_app import app
-from worker.client.consumer import IngestedBatch, follow_ingested, follow_ingested_async
-from worker.client.enqueue import BatchReceipt, enqueue_batch, enqueue_batch_async
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.errors import BatchConflict, BatchRejected, EnqueueFailed, IngestError, QueueFull, TraceError
+    from worker.celery_app import app
+    from worker.client.consumer import (
+        IngestedBatch,
+        IngestedLines,
+        follow_ingested,
+        follow_ingested_async,
+        follow_ingested_lines_async,
+    )
+    from worker.client.enqueue import BatchReceipt, enqueue_batch, enqueue_batch_async
+
+_HOMES = {
+    "services.errors": ["BatchConflict", "BatchRejected", "EnqueueFailed", "IngestError", "QueueFull", "TraceError"],
+    "worker.celery_app": ["app"],
+    "worker.client.consumer": [
+        "IngestedBatch",
+        "IngestedLines",
+        "follow_ingested",
+        "follow_ingested_async",
+        "follow_ingested_lines_async",
+    ],
+    "worker.client.enqueue": ["BatchReceipt", "enqueue_batch", "enqueue_batch_async"],
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "BatchConflict",
@@ -18,6 +48,7 @@ __all__ = [
     "EnqueueFailed",
     "IngestError",
     "IngestedBatch",
+    "IngestedLines",
     "QueueFull",
     "TraceError",
     "app",
@@ -25,4 +56,18 @@ __all__ = [
     "enqueue_batch_async",
     "follow_ingested",
     "follow_ingested_async",
+    "follow_ingested_lines_async",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME_OF.get(name)
+    if home is None:
+        raise AttributeError(f"module 'worker' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

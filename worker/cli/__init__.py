@@ -2,29 +2,47 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from worker.cli.batches import enqueue, redrive, status
-from worker.cli.bench import bench
 from worker.cli.common import ExpectedFailure
-from worker.cli.follow import follow
-from worker.cli.ops import metrics, migrate, stats
-from worker.cli.run import run
-from worker.cli.serve import serve
+
+#: Each command and where it lives, imported only when it runs (or `--help` lists it): `follow` or `status`
+#: need not load the Celery app, FastAPI and the bench first.
+COMMANDS = {
+    "run": "worker.cli.run",
+    "serve": "worker.cli.serve",
+    "enqueue": "worker.cli.batches",
+    "status": "worker.cli.batches",
+    "redrive": "worker.cli.batches",
+    "migrate": "worker.cli.ops",
+    "stats": "worker.cli.ops",
+    "metrics": "worker.cli.ops",
+    "bench": "worker.cli.bench",
+    "follow": "worker.cli.follow",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(module), cmd_name)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Ingest LLM reasoning traces: enqueue batches, watch them land in PostgreSQL, operate the workers.
 
     Configuration comes from the environment (DATABASE_URL, REDIS_URL, INGEST_*); see docs/operations.md.
     """
-
-
-for command in (run, serve, enqueue, status, redrive, migrate, stats, metrics, bench, follow):
-    cli.add_command(command)
 
 
 def main() -> None:
