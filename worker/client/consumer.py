@@ -3,25 +3,68 @@
 Each item is one batch with its stored traces, loaded by one SELECT (one session per batch). An item is
 acknowledged only when the caller asks for the next one, i.e. after its code handled it: at least once. A
 consumer that dies leaves its item pending; another consumer of the group claims it after `claim_idle_s`
-(XAUTOCLAIM). Events are at least once (§6): a batch already handed over to the group is acknowledged and
-skipped (the group's handled batch ids are kept, bounded). Entries that are no event are logged, counted and
-skipped.
+(XAUTOCLAIM). Events are at least once (§6): an event of a batch the group has handed over, or is handing
+over through another entry that a consumer holds, is acknowledged and skipped (the group's handled batch ids
+are kept, bounded; the one check is atomic, so consumers side by side never both take a batch). Entries that
+are no event are logged, counted and skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from typing import TypeVar
 
 import orjson
 
-from worker.client.consumer_group import GroupReader, IngestedBatch
+from worker.client.consumer_group import GroupReader, IngestedBatch, IngestedLines
 
-__all__ = ["IngestedBatch", "follow_ingested", "follow_ingested_async"]
+__all__ = ["IngestedBatch", "IngestedLines", "follow_ingested", "follow_ingested_async", "follow_ingested_lines_async"]
 
 
-async def follow_ingested_async(
+Loaded = TypeVar("Loaded", IngestedBatch, IngestedLines)
+
+
+async def _handed_over(
+    make_reader: Callable[[], GroupReader],
+    load: Callable[[GroupReader, bytes, dict[bytes, bytes]], Awaitable[Loaded]],
+    idle_exit_s: float | None,
+    stop: asyncio.Event | None,
+) -> AsyncGenerator[Loaded, bool | None]:
+    """The loop behind both forms: each entry loaded with `load`, yielded, and acknowledged when the caller asks
+    for the next (see the module's docstring). The reader is made on the first step, so a generator never started
+    holds no connection."""
+    reader = make_reader()
+    try:
+        await reader.join()
+        quiet_since = time.monotonic()
+        while idle_exit_s is None or time.monotonic() - quiet_since < idle_exit_s:
+            if stop is not None and stop.is_set():
+                return
+            for entry_id, fields in await reader.entries():
+                quiet_since = time.monotonic()
+                batch_id = fields.get(b"batch_id")
+                try:
+                    if batch_id is None:
+                        raise ValueError("it has no batch_id")
+                    if not await reader.take_over(entry_id, batch_id):
+                        await reader.acknowledge(entry_id, None)  # a second event of a batch the group has
+                        continue
+                    batch = await load(reader, entry_id, fields)
+                except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as problem:
+                    await reader.skip_malformed(entry_id, str(problem))
+                    continue
+                last = yield batch  # the caller handles it; coming back here means it is done
+                await reader.acknowledge(entry_id, batch_id)
+                if last:
+                    return
+    finally:
+        await reader.close()
+
+
+def follow_ingested_async(
     group: str,
     consumer: str,
     *,
@@ -37,34 +80,35 @@ async def follow_ingested_async(
     `steps` and `meta` stay the JSON text PostgreSQL sent, as `orjson.Fragment`s. Joins the group,
     created at the stream's start or at its end (now). Ends after `idle_exit_s` without a new batch, if given,
     or once `stop` is set (within one blocking read); otherwise follows until closed."""
-    follower = GroupReader(
-        group, consumer, from_start=from_start, claim_idle_s=claim_idle_s, block_ms=block_ms, raw_json=raw_json
+    reader = functools.partial(
+        GroupReader,
+        group,
+        consumer,
+        from_start=from_start,
+        claim_idle_s=claim_idle_s,
+        block_ms=block_ms,
+        raw_json=raw_json,
     )
-    try:
-        await follower.join()
-        quiet_since = time.monotonic()
-        while idle_exit_s is None or time.monotonic() - quiet_since < idle_exit_s:
-            if stop is not None and stop.is_set():
-                return
-            for entry_id, fields in await follower.entries():
-                quiet_since = time.monotonic()
-                batch_id = fields.get(b"batch_id")
-                try:
-                    if batch_id is None:
-                        raise ValueError("it has no batch_id")
-                    if await follower.already_handled(batch_id):
-                        await follower.acknowledge(entry_id, batch_id)  # a second event of the same batch
-                        continue
-                    batch = await follower.load(entry_id, fields)
-                except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as problem:
-                    await follower.skip_malformed(entry_id, str(problem))
-                    continue
-                last = yield batch  # the caller handles it; coming back here means it is done
-                await follower.acknowledge(entry_id, batch_id)
-                if last:
-                    return
-    finally:
-        await follower.close()
+    return _handed_over(reader, GroupReader.load, idle_exit_s, stop)
+
+
+def follow_ingested_lines_async(
+    group: str,
+    consumer: str,
+    *,
+    from_start: bool = False,
+    claim_idle_s: float = 60.0,
+    idle_exit_s: float | None = None,
+    block_ms: int = 1000,
+    stop: asyncio.Event | None = None,
+) -> AsyncGenerator[IngestedLines, bool | None]:
+    """`follow_ingested_async` for exporters: each batch's traces come as finished JSON lines (`IngestedLines`),
+    rendered by PostgreSQL, to be written out as they are (`out.writelines(batch.lines)`): what
+    `tunix-ingest follow` writes, at twice the rate of building the lines from `IngestedBatch.traces`."""
+    reader = functools.partial(
+        GroupReader, group, consumer, from_start=from_start, claim_idle_s=claim_idle_s, block_ms=block_ms, raw_json=True
+    )
+    return _handed_over(reader, GroupReader.load_lines, idle_exit_s, stop)
 
 
 def follow_ingested(
