@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from tests.e2e.commands import cli
+from worker.devtools.bench_http import WAIT_WARMUP
+from worker.devtools.bench_run import CAPACITY_BATCHES
 
 
 def test_bench_reports_every_figure_as_json() -> None:
@@ -15,6 +17,11 @@ def test_bench_reports_every_figure_as_json() -> None:
         assert figures[rate] > 0
     assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
     assert figures["seed_speedup"] == figures["drain_rate"] / figures["seed_rate"]
+    assert figures["follow"]["rate"] > 0 and figures["select_rate"] > 0 and figures["follow"]["startup_s"] > 0
+    assert figures["follow_ratio"] == figures["follow"]["rate"] / figures["select_rate"]
+    # Every trace the bench stored comes out once: the drain's, the 100-trace batches', both paced phases'.
+    stored = 2000 + 100 * CAPACITY_BATCHES + 100 * 10 + 100 * (10 + WAIT_WARMUP)
+    assert figures["follow"]["traces"] == stored and figures["follow"]["parallel"] == 3
     assert figures["seed_traces"] == 2000  # the whole (small) run: the cap is 20,000
     assert 0.5 < figures["redis_memory_ratio"] < 5  # a measured ratio of real memory to real bodies
     assert figures["latency_ms"]["batches"] == 10
@@ -42,6 +49,8 @@ def test_bench_prints_a_table_for_people() -> None:
         "HTTP ?wait until 201",
         "p99",
         "drain rate in 100-trace batches",
+        "follow export to a file (3 consumers)",
+        "SELECT ceiling (3 connections",
         "worker RSS",
         "seed pattern",
         "Redis memory per queued batch",

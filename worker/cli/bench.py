@@ -35,6 +35,15 @@ def _table(f: dict[str, Any]) -> str:
             f"HTTP enqueue rate (1 uvicorn, {f['http_clients']} clients)",
             f"{f['http_enqueue_rate']:,.0f} traces/s ({f['http_enqueue_rate'] / f['enqueue_rate']:.2f}x the producer)",
         ),
+        (
+            f"follow export to a file ({f['follow']['parallel']} consumers)",
+            f"{f['follow']['rate']:,.0f} traces/s ({f['follow']['traces']:,} traces, {f['follow']['mib']:,.0f} MiB; "
+            f"start-up {f['follow']['startup_s']:.1f} s)",
+        ),
+        (
+            f"SELECT ceiling ({f['follow']['parallel']} connections, rows dropped)",
+            f"{f['select_rate']:,.0f} traces/s; follow / ceiling {f['follow_ratio']:.2f}",
+        ),
         ("drain rate in 100-trace batches", f"{f['small_batch_rate']:,.0f} traces/s"),
         (
             "latency enqueue->published at half that",

@@ -33,6 +33,9 @@ def batch_line(batch: IngestedBatch) -> bytes:
     )
 
 
+#: Consumers in one `follow`: three SELECTs in flight keep two cores busy while the process writes (measured in
+#: docs/performance.md; two leave PostgreSQL idle between batches, four gain nothing more).
+DEFAULT_PARALLEL = 3
 #: The most buffers one writev takes (POSIX guarantees at least 16; Linux takes 1024).
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
@@ -66,7 +69,7 @@ def write_all(fd: int, pieces: list[bytes]) -> None:
 @click.option(
     "--parallel",
     type=click.IntRange(1, 16),
-    default=2,
+    default=DEFAULT_PARALLEL,
     show_default=True,
     help="Consumers of the group in this process (CONSUMER/0, /1, …): batches load side by side, written whole.",
 )

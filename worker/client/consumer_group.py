@@ -30,7 +30,7 @@ _LOAD = (
 # Each trace as its finished JSON line, keys in `_LOAD`'s order after `batch_id`. PostgreSQL turns every jsonb
 # into text anyway; gluing the line there too leaves the consumer one bytes object per trace, and an export
 # twice the rate of building each line in Python. `created_at` is written in the session's time zone: UTC (below).
-_LOAD_LINES = """
+LOAD_LINES = """
 SELECT convert_to(
     '{"batch_id":"' || batch_id || '","id":' || id || ',"position":' || position
     || ',"created_at":' || to_json(created_at)::text || ',"trace_version":' || to_json(trace_version)::text
@@ -206,7 +206,7 @@ class GroupReader:
         return IngestedBatch(*_event_fields(fields), traces, entry_id.decode())
 
     async def load_lines(self, entry_id: bytes, fields: dict[bytes, bytes]) -> IngestedLines:
-        lines = [row[0] for row in await self._fetch(_LOAD_LINES, trace_ids(fields))]
+        lines = [row[0] for row in await self._fetch(LOAD_LINES, trace_ids(fields))]
         return IngestedLines(*_event_fields(fields), lines, entry_id.decode())
 
     async def take_over(self, entry_id: bytes, batch_id: bytes) -> bool:

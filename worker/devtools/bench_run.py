@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from worker.cli.follow import DEFAULT_PARALLEL as FOLLOW_PARALLEL
 from worker.devtools.bench_copy import copy_ceiling
 from worker.devtools.bench_drain import (
     cpu_seconds,
@@ -28,6 +29,7 @@ from worker.devtools.bench_drain import (
     wait_until_published,
     worker_pids,
 )
+from worker.devtools.bench_follow import follow_rate, select_ceiling
 from worker.devtools.bench_http import HTTP_CLIENTS, WAIT_WARMUP, http_enqueue_rate, wait_latency_ms
 from worker.devtools.bench_seed import seed_pattern_rate
 from worker.devtools.local_sentinel import SentinelStack
@@ -119,6 +121,10 @@ def measure(
         figures["rss_end_mib"] = rss_mib(nodes)
         for node in nodes:
             node.stop()
+        # Everything stored so far, out through a consumer group, with no worker competing for the cores.
+        figures["follow"] = follow_rate(work_dir, FOLLOW_PARALLEL)
+        figures["select_rate"] = asyncio.run(select_ceiling(dsn, FOLLOW_PARALLEL))
+        figures["follow_ratio"] = figures["follow"]["rate"] / figures["select_rate"]
         # With no worker left, the HTTP API's figure is its own, like the Python producer's above.
         figures["http_clients"] = HTTP_CLIENTS
         figures["http_enqueue_rate"] = http_enqueue_rate(api_url, batches)
