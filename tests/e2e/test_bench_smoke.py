@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 from tests.e2e.commands import cli
-from worker.devtools.bench_http import WAIT_WARMUP
-from worker.devtools.bench_run import CAPACITY_BATCHES
 
 
 def test_bench_reports_every_figure_as_json() -> None:
@@ -17,11 +15,11 @@ def test_bench_reports_every_figure_as_json() -> None:
         assert figures[rate] > 0
     assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
     assert figures["seed_speedup"] == figures["drain_rate"] / figures["seed_rate"]
-    assert figures["follow"]["rate"] > 0 and figures["select_rate"] > 0 and figures["follow"]["startup_s"] > 0
+    assert figures["follow"]["rate"] > 0 and figures["select_rate"] > 0
+    assert 0 < figures["follow"]["seconds"] < figures["follow"]["wall_s"]
     assert figures["follow_ratio"] == figures["follow"]["rate"] / figures["select_rate"]
-    # Every trace the bench stored comes out once: the drain's, the 100-trace batches', both paced phases'.
-    stored = 2000 + 100 * CAPACITY_BATCHES + 100 * 10 + 100 * (10 + WAIT_WARMUP)
-    assert figures["follow"]["traces"] == stored and figures["follow"]["parallel"] == 3
+    assert figures["follow"]["traces"] == figures["follow"]["lines"] == 2000  # the drain's, each once
+    assert figures["follow"]["parallel"] == 3
     assert figures["seed_traces"] == 2000  # the whole (small) run: the cap is 20,000
     assert 0.5 < figures["redis_memory_ratio"] < 5  # a measured ratio of real memory to real bodies
     assert figures["latency_ms"]["batches"] == 10

@@ -69,7 +69,7 @@ def test_everything_stored_comes_out_once_equal_to_the_stored_rows(
         assert datetime.fromisoformat(line["created_at"]) == row.created_at
         stored = {key: getattr(row, key) for key in ("trace_version", "prompt", "final_answer", "steps", "meta")}
         assert {key: line[key] for key in stored} == stored
-    assert "handed over 8 batches" in done.stderr
+    assert "handed over 8 batches (2,550 traces) in " in done.stderr
 
 
 def test_a_batch_announced_twice_is_handed_once_per_group_and_a_second_group_gets_everything(

@@ -37,8 +37,8 @@ def _table(f: dict[str, Any]) -> str:
         ),
         (
             f"follow export to a file ({f['follow']['parallel']} consumers)",
-            f"{f['follow']['rate']:,.0f} traces/s ({f['follow']['traces']:,} traces, {f['follow']['mib']:,.0f} MiB; "
-            f"start-up {f['follow']['startup_s']:.1f} s)",
+            f"{f['follow']['rate']:,.0f} traces/s ({f['follow']['lines']:,} lines, {f['follow']['mib']:,.0f} MiB in "
+            f"{f['follow']['seconds']:.1f} s; the command {f['follow']['wall_s']:.1f} s with start-up and idle exit)",
         ),
         (
             f"SELECT ceiling ({f['follow']['parallel']} connections, rows dropped)",

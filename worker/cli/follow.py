@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncGenerator
 from typing import Any, BinaryIO
 
@@ -98,7 +99,7 @@ def follow(
     except BrokenPipeError:  # `follow | head`: the reader is gone; the batch being written stays unacknowledged
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return
-    click.echo(f"handed over {exporter.handed} batches", err=True)
+    click.echo(exporter.summary(), err=True)
     if exporter.interrupted:
         raise click.Abort()
 
@@ -109,7 +110,8 @@ class _Exporter:
 
     def __init__(self, out: BinaryIO, *, per_batch: bool, limit: int | None) -> None:
         self.out, self.per_batch, self.limit = out, per_batch, limit
-        self.handed = 0
+        self.handed = self.traces = 0
+        self.started = self.last_written = time.monotonic()
         self.writing = asyncio.Lock()
         self.stop = asyncio.Event()
         self.interrupted = False
@@ -117,6 +119,13 @@ class _Exporter:
     def _write(self, pieces: list[bytes]) -> None:
         self.out.flush()
         write_all(self.out.fileno(), pieces)
+
+    def summary(self) -> str:
+        """What was handed over, and how fast: from joining the group to the last batch written (the idle
+        wait before an `--idle-exit` is not in it)."""
+        took = self.last_written - self.started
+        rate = f", {self.traces / took:,.0f} traces/s" if took > 0 else ""
+        return f"handed over {self.handed} batches ({self.traces:,} traces) in {took:.2f} s{rate}"
 
     def _interrupt(self) -> None:
         self.interrupted = True
@@ -127,6 +136,7 @@ class _Exporter:
     ) -> None:
         """Ctrl-C (or SIGTERM) stops every consumer after its current read: what was written is acknowledged,
         nothing is left half-written or half-acknowledged."""
+        self.started = self.last_written = time.monotonic()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._interrupt)
@@ -153,6 +163,8 @@ class _Exporter:
                 async with self.writing:  # whole batches: lines of two batches never interleave
                     await asyncio.to_thread(self._write, pieces)
                 self.handed += 1
+                self.traces += len(batch.traces) if isinstance(batch, IngestedBatch) else len(batch.lines)
+                self.last_written = time.monotonic()
                 if self.limit is not None and self.handed >= self.limit:
                     with contextlib.suppress(StopAsyncIteration):
                         await batches.asend(True)  # acknowledge this last batch, then stop

@@ -106,6 +106,10 @@ def measure(
         }
         figures["drain_rate"] = trace_count / figures["drain_seconds"]
         asyncio.run(settle_database(dsn))
+        # The drain's batches, just stored, out through a consumer group (the idle workers wait meanwhile).
+        figures["follow"] = follow_rate(work_dir, FOLLOW_PARALLEL)
+        figures["select_rate"] = asyncio.run(select_ceiling(dsn, FOLLOW_PARALLEL))
+        figures["follow_ratio"] = figures["follow"]["rate"] / figures["select_rate"]
         # "Half load" for 100-trace batches is half of what the workers drain *in such batches*: a batch's fixed
         # costs (about ten round trips) weigh ten times more than in 1,000-trace batches, so half the bulk
         # drain rate would be close to full load for them, and the latency figure would measure a queue.
@@ -121,10 +125,6 @@ def measure(
         figures["rss_end_mib"] = rss_mib(nodes)
         for node in nodes:
             node.stop()
-        # Everything stored so far, out through a consumer group, with no worker competing for the cores.
-        figures["follow"] = follow_rate(work_dir, FOLLOW_PARALLEL)
-        figures["select_rate"] = asyncio.run(select_ceiling(dsn, FOLLOW_PARALLEL))
-        figures["follow_ratio"] = figures["follow"]["rate"] / figures["select_rate"]
         # With no worker left, the HTTP API's figure is its own, like the Python producer's above.
         figures["http_clients"] = HTTP_CLIENTS
         figures["http_enqueue_rate"] = http_enqueue_rate(api_url, batches)
