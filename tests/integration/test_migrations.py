@@ -41,6 +41,8 @@ _COMPRESSION = (
     "AND attname IN ('prompt', 'final_answer', 'steps', 'meta') ORDER BY attname"
 )
 
+_LZ4_AVAILABLE = "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+
 
 def test_migrations_match_the_models_and_go_down_and_up_again(database_url: str) -> None:
     name = f"migrations_{uuid.uuid4().hex[:8]}"
@@ -49,7 +51,8 @@ def test_migrations_match_the_models_and_go_down_and_up_again(database_url: str)
 
     assert alembic(fresh, "upgrade", "head").returncode == 0
     assert "0002 (head)" in alembic(fresh, "current").stdout
-    assert query(fresh, _COMPRESSION) == [("final_answer", "l"), ("meta", "l"), ("prompt", "l"), ("steps", "l")]
+    lz4 = "l" if query(fresh, _LZ4_AVAILABLE)[0][0] else ""  # a server without lz4 keeps its default
+    assert query(fresh, _COMPRESSION) == [("final_answer", lz4), ("meta", lz4), ("prompt", lz4), ("steps", lz4)]
     assert alembic(fresh, "downgrade", "0001").returncode == 0
     assert query(fresh, _COMPRESSION) == [("final_answer", ""), ("meta", ""), ("prompt", ""), ("steps", "")]
     assert alembic(fresh, "upgrade", "head").returncode == 0

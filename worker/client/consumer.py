@@ -3,10 +3,12 @@
 Each item is one batch with its stored traces, loaded by one SELECT (one session per batch). An item is
 acknowledged only when the caller asks for the next one, i.e. after its code handled it: at least once. A
 consumer that dies leaves its item pending; another consumer of the group claims it after `claim_idle_s`
-(XAUTOCLAIM). Events are at least once (§6): an event of a batch the group has handed over, or is handing
-over through another entry that a consumer holds, is acknowledged and skipped (the group's handled batch ids
-are kept, bounded; the one check is atomic, so consumers side by side never both take a batch). Entries that
-are no event are logged, counted and skipped.
+(XAUTOCLAIM). Events are at least once (§6): an event of a batch the group has handed over is acknowledged
+and skipped (the group's handled batch ids are kept, bounded); one whose batch another consumer of the group
+is handing over waits, unacknowledged, and is asked about again each round (one atomic check decides, so
+consumers side by side never both take a batch). A batch is handed over twice to a group only when its
+consumer stops between handing it over and the ack, or holds it past `claim_idle_s`: dedupe by `batch_id`
+downstream where that matters. Entries that are no event are logged, counted and skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import TypeVar
 
 import orjson
 
-from worker.client.consumer_group import GroupReader, IngestedBatch, IngestedLines
+from worker.client.consumer_group import GroupReader
+from worker.client.consumer_items import IngestedBatch, IngestedLines
+from worker.client.consumer_statements import HANDLED, HELD
 
 __all__ = ["IngestedBatch", "IngestedLines", "follow_ingested", "follow_ingested_async", "follow_ingested_lines_async"]
 
@@ -36,25 +40,31 @@ async def _handed_over(
     """The loop behind both forms: each entry loaded with `load`, yielded, and acknowledged when the caller asks
     for the next (see the module's docstring). The reader is made on the first step, so a generator never started
     holds no connection."""
-    reader = make_reader()
+    reader: GroupReader = make_reader()
     try:
         await reader.join()
         quiet_since = time.monotonic()
         while idle_exit_s is None or time.monotonic() - quiet_since < idle_exit_s:
             if stop is not None and stop.is_set():
                 return
-            for entry_id, fields in await reader.entries():
+            fresh: list[tuple[bytes, dict[bytes, bytes]]] = await reader.entries()
+            if fresh:
                 quiet_since = time.monotonic()
+            for entry_id, fields in reader.next_round(fresh):
                 batch_id = fields.get(b"batch_id")
                 try:
                     if batch_id is None:
                         raise ValueError("it has no batch_id")
-                    if not await reader.take_over(entry_id, batch_id):
-                        await reader.acknowledge(entry_id, None)  # a second event of a batch the group has
+                    decision = await reader.take_over(entry_id, batch_id)
+                    if decision == HANDLED:  # a second event of a batch the group has handed over
+                        await reader.acknowledge(entry_id, None)
+                        continue
+                    if decision == HELD:  # another consumer of the group is handing it over: ask again later
+                        reader.defer(entry_id, fields)
                         continue
                     batch = await load(reader, entry_id, fields)
                 except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as problem:
-                    await reader.skip_malformed(entry_id, str(problem))
+                    await reader.skip_malformed(entry_id, str(problem), batch_id)
                     continue
                 last = yield batch  # the caller handles it; coming back here means it is done
                 await reader.acknowledge(entry_id, batch_id)

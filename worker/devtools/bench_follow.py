@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from worker.client.consumer_group import LOAD_LINES
+from worker.client.consumer_statements import LOAD_LINES
 from worker.devtools.processes import cli_command
 
 #: How long `follow` waits for more before it exits: outside its rate, which ends at the last batch written.
@@ -35,6 +35,8 @@ def follow_rate(work_dir: Path, parallel: int) -> dict[str, float]:
     if done.returncode != 0 or summary is None:
         raise RuntimeError(f"follow failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
     traces, took = int(summary[1].replace(b",", b"")), float(summary[2])
+    if traces == 0 or took <= 0:
+        raise RuntimeError(f"follow handed nothing over: {summary[0].decode()}")
     figures = {
         "rate": traces / took,
         "seconds": took,
@@ -70,7 +72,7 @@ async def select_ceiling(dsn: str, connections: int) -> float:
     for ids in batches:
         queue.put_nowait(ids)
 
-    readers = [await asyncpg.connect(dsn, server_settings={"timezone": "UTC"}) for _ in range(connections)]
+    readers = [await asyncpg.connect(dsn) for _ in range(connections)]
 
     async def read(connection: asyncpg.Connection) -> None:
         while not queue.empty():
