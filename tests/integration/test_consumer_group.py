@@ -102,3 +102,43 @@ async def test_an_event_whose_first_entry_vanished_while_held_takes_over(
     assert await other.take_over(second_entry, event[b"batch_id"]) == TAKEN  # it no longer waits for a ghost
     await one.close()
     await other.close()
+
+
+async def stored_batches(sessions: async_sessionmaker[AsyncSession], redis: Redis, count: int) -> list[bytes]:
+    """`count` stored and announced batches: their event entries' ids, in stream order."""
+    for seed in range(count):
+        async with sessions() as session:
+            batch = make_batch(list(generate_traces(2, seed=seed)))
+            await ingest_batch(session, batch, publisher=RedisStreamPublisher(redis, STREAM, 100))
+    return [entry_id for entry_id, _ in cast(list[Entry], await redis.xrange(STREAM))]
+
+
+async def test_a_dead_consumers_entry_is_claimed_while_new_entries_keep_coming(
+    sessions: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    entries = await stored_batches(sessions, redis, 3)
+    await reader("dead").join()
+    await redis.xreadgroup("side", "dead", {STREAM: ">"}, count=1)  # the first entry, never acknowledged
+
+    handed = [
+        batch.entry_id
+        async for batch in follow_ingested_async("side", "live", claim_idle_s=0.3, idle_exit_s=1.5, block_ms=100)
+    ]
+
+    assert sorted(handed) == sorted(entry.decode() for entry in entries)  # the dead one's too, once
+    assert (await redis.xpending(STREAM, "side"))["pending"] == 0
+
+
+async def test_a_consumer_started_again_under_its_name_hands_over_its_own_pending_entry_first(
+    sessions: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    entries = await stored_batches(sessions, redis, 2)
+    first_run = follow_ingested_async("side", "same", from_start=True, idle_exit_s=0.5)
+    first = await anext(first_run)
+    with contextlib.suppress(RuntimeError):
+        await first_run.athrow(RuntimeError("stopped before the ack"))
+
+    second_run = [batch.entry_id async for batch in follow_ingested_async("side", "same", idle_exit_s=0.5)]
+
+    assert first.entry_id == entries[0].decode()
+    assert second_run == [entry.decode() for entry in entries]  # its own pending entry first, then the rest
