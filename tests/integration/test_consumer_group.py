@@ -46,6 +46,20 @@ def reader(consumer: str) -> GroupReader:
     return GroupReader("side", consumer, from_start=True, claim_idle_s=60, block_ms=100, raw_json=True)
 
 
+@contextlib.asynccontextmanager
+async def one_event_each(redis: Redis) -> AsyncIterator[tuple[GroupReader, GroupReader]]:
+    """Readers `one` and `other` of the group: the first event pending with `one`, the second with `other`."""
+    one, other = reader("one"), reader("other")
+    await one.join()
+    await redis.xreadgroup("side", "one", {STREAM: ">"}, count=1)
+    await redis.xreadgroup("side", "other", {STREAM: ">"}, count=1)
+    try:
+        yield one, other
+    finally:
+        await one.close()
+        await other.close()
+
+
 async def test_a_second_event_waits_while_the_first_is_held_and_the_batch_survives_its_holder(
     sessions: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
@@ -72,36 +86,25 @@ async def test_two_consumers_asking_at_once_for_the_two_events_of_one_batch_get_
     sessions: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
     (first_entry, event), second_entry = await announced_twice(sessions, redis)
-    one, other = reader("one"), reader("other")
-    await one.join()
-    await redis.xreadgroup("side", "one", {STREAM: ">"}, count=1)  # the first event, pending with `one`
-    await redis.xreadgroup("side", "other", {STREAM: ">"}, count=1)  # the second, pending with `other`
-
-    answers = await asyncio.gather(
-        one.take_over(first_entry, event[b"batch_id"]), other.take_over(second_entry, event[b"batch_id"])
-    )
+    async with one_event_each(redis) as (one, other):
+        answers = await asyncio.gather(
+            one.take_over(first_entry, event[b"batch_id"]), other.take_over(second_entry, event[b"batch_id"])
+        )
 
     assert sorted(answers) == sorted([TAKEN, HELD])
-    await one.close()
-    await other.close()
 
 
 async def test_an_event_whose_first_entry_vanished_while_held_takes_over(
     sessions: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
     (first_entry, event), second_entry = await announced_twice(sessions, redis)
-    one, other = reader("one"), reader("other")
-    await one.join()
-    await redis.xreadgroup("side", "one", {STREAM: ">"}, count=1)
-    await redis.xreadgroup("side", "other", {STREAM: ">"}, count=1)
-    assert await one.take_over(first_entry, event[b"batch_id"]) == TAKEN
-    assert await other.take_over(second_entry, event[b"batch_id"]) == HELD
+    async with one_event_each(redis) as (one, other):
+        assert await one.take_over(first_entry, event[b"batch_id"]) == TAKEN
+        assert await other.take_over(second_entry, event[b"batch_id"]) == HELD
 
-    await redis.xdel(STREAM, first_entry)  # trimmed (or deleted) while `one` still holds it, as after MAXLEN
+        await redis.xdel(STREAM, first_entry)  # trimmed (or deleted) while `one` still holds it, as after MAXLEN
 
-    assert await other.take_over(second_entry, event[b"batch_id"]) == TAKEN  # it no longer waits for a ghost
-    await one.close()
-    await other.close()
+        assert await other.take_over(second_entry, event[b"batch_id"]) == TAKEN  # it no longer waits for a ghost
 
 
 async def stored_batches(sessions: async_sessionmaker[AsyncSession], redis: Redis, count: int) -> list[bytes]:
