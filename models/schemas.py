@@ -13,8 +13,32 @@ from typing_extensions import TypedDict
 
 #: Serialized size cap of a trace's `meta` (PRODUCT.md §3).
 META_MAX_BYTES = 64 * 1024
-#: Deepest nesting of `meta`: the top-level object is depth 1.
+#: Deepest nesting of `meta`: the top-level object is depth 1. A step's values are scalars (no nesting at all).
 META_MAX_DEPTH = 32
+#: Floats from this magnitude on are whole numbers that PostgreSQL's jsonb reads back as integers (1e300 comes
+#: back as 10**300, which is not the float sent): refused, so every stored trace reads back as it was sent.
+FLOAT_MAX_MAGNITUDE = 1e16
+#: The longest integer literal read from JSON: "-9223372036854775808" is 20 characters. A longer one is outside
+#: the 64-bit range whatever its digits, and is never converted (Python refuses over 4,300 digits, and slowly).
+INT_MAX_CHARS = 20
+
+
+class OversizeInteger:
+    """Stands for an integer literal longer than INT_MAX_CHARS in decoded JSON, so that validation names its
+    field instead of the parser failing on the whole body."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, literal: str) -> None:
+        self.digits = len(literal.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def parse_bounded_int(literal: str) -> int | OversizeInteger:
+    """`json.loads(..., parse_int=parse_bounded_int)`: integers as usual, an OversizeInteger past 20 characters."""
+    return int(literal) if len(literal) <= INT_MAX_CHARS else OversizeInteger(literal)
 
 
 def storable_text_problem(text: str) -> str | None:
@@ -46,11 +70,19 @@ def _scalar_problem(value: Any) -> tuple[str, str] | None:
     if kind is int:
         return None if -(2**63) <= value < 2**63 else ("", "is an integer outside the 64-bit range")
     if kind is float:
-        return None if math.isfinite(value) else ("", f"is {value}, which JSON cannot represent")
+        if not math.isfinite(value):
+            return "", f"is {value}, which JSON cannot represent"
+        return None if abs(value) < FLOAT_MAX_MAGNITUDE else ("", _FLOAT_TOO_LARGE)
+    if kind is OversizeInteger:
+        return "", f"is an integer of {value.digits} digits, outside the 64-bit range"
     return _NOT_SCALAR
 
 
 _NOT_SCALAR = ("", "")
+_FLOAT_TOO_LARGE = (
+    "is a float of magnitude 1e16 or more, which PostgreSQL reads back as an integer: send it as a string "
+    "or as a 64-bit integer"
+)
 
 
 def _meta_problem(value: Any, depth: int) -> tuple[str, str] | None:
@@ -128,7 +160,7 @@ class StepIn(TypedDict):
 
 
 class TraceIn(TypedDict):
-    """A reasoning trace as producers send it (the seed project's `ReasoningTrace`): every rule of PRODUCT.md §3
+    """A reasoning trace as producers send it (the tunix-rt backend's `ReasoningTrace`): every rule of PRODUCT.md §3
     but storability, defined once. Validated as plain dicts, without building models."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
@@ -139,8 +171,12 @@ class TraceIn(TypedDict):
     meta: NotRequired[Meta]
 
 
-def _unstorable_in(value: Any, path: str) -> tuple[str, str] | None:
-    """(where, what) of the first string or key below `value` that PostgreSQL cannot store, or None."""
+def _unstorable_in(value: Any, path: str, depth: int = 1) -> tuple[str, str] | None:
+    """(where, what) of the first string or key below `value` that PostgreSQL cannot store, or None. Reads no
+    deeper than META_MAX_DEPTH + 1 levels: a value nested deeper is refused by the nesting rule anyway, and
+    however deep a hostile value is, this never exhausts the stack."""
+    if depth > META_MAX_DEPTH + 1:
+        return None
     if isinstance(value, str):
         problem = storable_text_problem(value)
         return (path, problem) if problem else None
@@ -148,11 +184,11 @@ def _unstorable_in(value: Any, path: str) -> tuple[str, str] | None:
         for key, item in value.items():
             if isinstance(key, str) and (problem := storable_text_problem(key)):
                 return path, f"has a key {key!r} that {problem}"
-            if found := _unstorable_in(item, f"{path}.{key}"):
+            if found := _unstorable_in(item, f"{path}.{key}", depth + 1):
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            if found := _unstorable_in(item, f"{path}[{index}]"):
+            if found := _unstorable_in(item, f"{path}[{index}]", depth + 1):
                 return found
     return None
 

@@ -20,23 +20,43 @@ from services.errors import TraceError
 _UNKEYED_NAMESPACE = uuid.UUID("6d1f2c4e-2f43-4a57-9a58-3b7f1f1c2a10")
 
 
+#: How deep a raw payload is written out; what lies deeper is kept as a note (the nesting rule refused it).
+RAW_PAYLOAD_MAX_DEPTH = 64
+
+
+def _pruned(value: Any, depth: int) -> Any:
+    if not isinstance(value, dict | list):
+        return value
+    if depth > RAW_PAYLOAD_MAX_DEPTH:
+        return f"<nested deeper than {RAW_PAYLOAD_MAX_DEPTH} levels>"
+    if isinstance(value, list):
+        return [_pruned(item, depth + 1) for item in value]
+    return {str(key): _pruned(item, depth + 1) for key, item in value.items()}
+
+
 def raw_payload_text(message: Any) -> str:
-    """The message as JSON text, every non-ASCII character (NUL and lone surrogates too) escaped: storable."""
-    return json.dumps(message, ensure_ascii=True, sort_keys=True, default=repr)
+    """The message as JSON text, every non-ASCII character (NUL and lone surrogates too) escaped: storable,
+    and written without exhausting the stack however deep a hostile message nests."""
+    return json.dumps(_pruned(message, 1), ensure_ascii=True, sort_keys=True, default=repr)
 
 
 def payload_hash(raw_payload: str) -> str:
     return hashlib.sha256(raw_payload.encode()).hexdigest()
 
 
-def batch_id_of(message: Any, raw_payload: str) -> UUID:
-    """The message's batch id, or a stable id derived from its content when it has no usable one."""
+def declared_batch_id(message: Any) -> UUID | None:
+    """The message's batch id if it names a usable one."""
     if isinstance(message, dict):
         try:
             return UUID(str(message.get("batch_id")))
         except ValueError:
             pass
-    return uuid.uuid5(_UNKEYED_NAMESPACE, payload_hash(raw_payload))
+    return None
+
+
+def batch_id_of(message: Any, raw_payload: str) -> UUID:
+    """The message's batch id, or a stable id derived from its content when it has no usable one."""
+    return declared_batch_id(message) or uuid.uuid5(_UNKEYED_NAMESPACE, payload_hash(raw_payload))
 
 
 def _escaped_for_storage(text: str) -> str:

@@ -46,7 +46,8 @@ class BatchRejected(IngestError):
 
 
 class BatchSizeOutOfRange(BatchRejected):
-    """The batch holds no trace, or more than the limit (the HTTP API answers these `400`, as the seed does)."""
+    """The batch holds no trace, or more than the limit (the HTTP API answers these `400`, as the tunix-rt
+    backend does)."""
 
     def __init__(self, count: int, limit: int) -> None:
         self.count = count

@@ -3,10 +3,13 @@ stored within the delivery budget, or without a body), each with its reasons and
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from typing import Any
 from uuid import UUID
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.messages import BatchTicket, IngestResult
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 #: How much of a rejected message's raw payload is kept for inspection (PRODUCT.md §8.11).
 RAW_PAYLOAD_CAP = 256 * 1024
+_SHA256 = re.compile("[0-9a-f]{64}")
 #: Why a batch without a body is parked.
 BODY_MISSING = "its body was not in Redis (expired, evicted or deleted) and PostgreSQL does not hold the batch"
 
@@ -86,10 +90,14 @@ async def settle_missing_body(
 async def park_failed_message(
     session: AsyncSession, message: Any, *, reason: str, attempts: int, limits: Limits, body: bytes | None = None
 ) -> IngestResult:
-    """Keep a valid batch that could not be stored in time as `failed`, raw payload included, for re-drive."""
+    """Keep a valid batch that could not be stored in time as `failed`, raw payload included, for re-drive (an
+    invalid one as `rejected`). Commits."""
     if body_missing(message, body):
         return await _park_without_body(session, message, attempts=attempts)
-    batch = parse_delivery(message, body, limits)
+    try:
+        batch = parse_delivery(message, body, limits)
+    except BatchRejected as rejected:  # not valid after all: kept as rejected, with every reason
+        return await reject(session, message, body, rejected, attempts)
     return await _record_failed(
         session,
         message,
@@ -101,6 +109,67 @@ async def park_failed_message(
         trace_count=len(batch.traces),
         attempts=attempts,
     )
+
+
+async def park_unread(
+    session: AsyncSession, message: Any, *, body: bytes | None, reason: str, attempts: int
+) -> IngestResult:
+    """Park a batch as `failed` without reading its traces again: for a message past its delivery budget, or
+    one whose reading failed in a way nobody foresaw, so that no input can make it loop (reading it is what
+    may have failed, or crashed the process, each time). Its payload is kept as it came, under the content hash
+    a re-drive will find (a re-drive validates it again, and revives this row). A body that no JSON can be (not
+    UTF-8, a raw NUL) is kept as `rejected` instead: nothing could ever store it. Commits."""
+    if body_missing(message, body):
+        return await _park_without_body(session, message, attempts=attempts)
+    if body is not None and (problem := _unreadable_text(body)):
+        return await reject(session, message, body, BatchRejected([TraceError(None, "body", problem)]), attempts)
+    raw_payload = _unread_payload(message, body)
+    source = message.get("source") if isinstance(message, dict) else None
+    return await _record_failed(
+        session,
+        message,
+        batch_id=batch_id_of(message, raw_payload),
+        source=str(source or "unknown"),
+        error=TraceError(None, "batch", reason),
+        raw_payload=raw_payload,
+        content_hash=_unread_content_hash(message, raw_payload),
+        trace_count=_declared_count(message),
+        attempts=attempts,
+    )
+
+
+def _unreadable_text(body: bytes) -> str | None:
+    """Why `body` cannot be JSON text at all, or None."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as error:
+        return f"is not valid UTF-8 (byte {error.start})"
+    return "holds a NUL byte, which JSON text cannot" if "\x00" in text else None
+
+
+def _unread_payload(message: Any, body: bytes | None) -> str:
+    """A v1 message as JSON text (whole, or a re-drive could not read it: the broker bounded its size); a claim
+    check as the v1 shape with its body (UTF-8 text, checked) spliced in as it came."""
+    if body is None or not isinstance(message, dict):
+        return raw_payload_text(message)
+    head = {key: message[key] for key in ("batch_id", "source", "enqueued_at") if key in message}
+    envelope = raw_payload_text({**head, "traces": None})  # sorted keys: "traces" comes last
+    return envelope.removesuffix("null}") + body.decode() + "}"
+
+
+def _unread_content_hash(message: Any, raw_payload: str) -> str:
+    """The hash validation gives the batch's body, so that a re-drive of this payload revives the row: a claim
+    check names it; a v1 message's traces are encoded as the producer does (no validation). Else the payload's."""
+    if isinstance(message, dict):
+        named = message.get("content_hash")
+        if isinstance(named, str) and _SHA256.fullmatch(named):
+            return named
+        if isinstance(traces := message.get("traces"), list):
+            try:
+                return hashlib.sha256(orjson.dumps(traces, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            except (TypeError, orjson.JSONEncodeError):
+                pass
+    return payload_hash(raw_payload)
 
 
 def _rejected_payload(message: Any, body: bytes | None) -> str:

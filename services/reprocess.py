@@ -67,7 +67,8 @@ async def publish_unpublished_batches(
 async def redrive_batch(session: AsyncSession, batch_id: UUID, *, resend: Resend, max_redrives: int) -> bool:
     """Send a `failed` batch's raw payload back to the ingest queue, at most `max_redrives` times. Commits.
 
-    Returns False (and sends nothing) when the batch is not failed or has used up its re-drives.
+    Returns False (and sends nothing) when the batch is not failed, has used up its re-drives, or keeps no
+    re-drivable payload (a message kept as it came that is no v1 batch).
     """
     batch = await session.get(Batch, batch_id, with_for_update=True)
     if batch is None or batch.state != BatchState.FAILED or batch.raw_payload is None:
@@ -77,7 +78,15 @@ async def redrive_batch(session: AsyncSession, batch_id: UUID, *, resend: Resend
         log.warning("batch %s was re-driven %d times already; leaving it for an operator", batch_id, batch.redrives)
         await session.rollback()
         return False
-    await resend(json.loads(batch.raw_payload))
+    try:
+        payload = json.loads(batch.raw_payload)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("traces"), list):
+        log.error("batch %s keeps a payload that cannot be re-driven; leaving it for an operator", batch_id)
+        await session.rollback()
+        return False
+    await resend(payload)
     batch.redrives += 1
     batch.updated_at = func.now()
     await session.commit()

@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from models.schemas import TraceIn, unstorable_text
+from models.schemas import TraceIn, parse_bounded_int, unstorable_text
 from services.errors import BatchRejected, BatchSizeOutOfRange, BatchTooLarge, TraceError
+from services.json_depth import nesting_problem, too_deep_field
 
 _TRACES = TypeAdapter(list[TraceIn])
 #: How JSON writes a NUL character inside a string (orjson writes it exactly so).
@@ -144,17 +145,34 @@ def _raise_problems(traces: list[Any], *, check_text: bool, structural: Validati
         )
 
 
+def loads_lenient(raw: bytes | str) -> Any:
+    """JSON decoded by the standard parser, which also takes escaped lone surrogates and infinities (so that
+    validation can name the field that holds one); an integer too long for 64 bits comes as an
+    `OversizeInteger` for the same reason. Raises `json.JSONDecodeError`, `UnicodeDecodeError`, or
+    `RecursionError` for JSON nested deeper than the parser goes (about 900 levels)."""
+    return json.loads(raw, parse_int=parse_bounded_int)
+
+
 def _decode_leniently(body: bytes) -> Any:
-    """The body decoded by the standard parser, which also takes escaped lone surrogates (so validation can
-    name the field that holds one); raises `BatchRejected` when it is not JSON at all."""
+    """The body decoded by `loads_lenient`; raises `BatchRejected` when it is not JSON at all."""
     try:
-        return json.loads(body)
+        return loads_lenient(body)
     except UnicodeDecodeError as error:
         raise BatchRejected([TraceError(None, "traces", f"the body is not valid UTF-8 (byte {error.start})")]) from None
     except json.JSONDecodeError as error:
         raise BatchRejected([TraceError(None, "traces", f"the body is not valid JSON: {error}")]) from None
     except RecursionError:
-        raise BatchRejected([TraceError(None, "traces", "the body's JSON is nested too deeply")]) from None
+        raise nesting_rejection(body, TraceError(None, "traces", "the body's JSON is nested too deeply")) from None
+
+
+def nesting_rejection(body: bytes, fallback: TraceError) -> BatchRejected:
+    """The refusal of a body nested too deeply to decode: naming the trace and field where it is, or
+    `fallback` when no field holds it (the array itself is what nests)."""
+    found = too_deep_field(body, in_array=True)
+    if found is None or found[1] == "trace":
+        return BatchRejected([fallback])
+    index, field = found
+    return BatchRejected([TraceError(index, field, nesting_problem(field))])
 
 
 def validate_body(body: bytes, *, max_batch: int, max_bytes: int) -> ValidatedBatch:

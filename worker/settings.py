@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     ingest_queue: str = "ingest"
     ingest_max_batch: int = Field(1000, ge=1, le=10_000)
     ingest_max_batch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: The most one `POST /api/traces/jsonl` body may hold (413 beyond it). Its lines are read as they arrive,
+    #: so memory stays at about two batches' bytes whatever this is; it bounds one request's time and receipts.
+    ingest_max_jsonl_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     #: Batches waiting before producers get `QueueFull`; with the body sizes it bounds Redis's backlog memory
     #: (docs/operations.md, "Redis memory").
     ingest_max_queue_depth: int = Field(1_000, ge=1)
@@ -72,9 +75,13 @@ class Settings(BaseSettings):
     worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)
     db_pool_size: int = Field(2, ge=1)
 
-    #: Bearer tokens of the HTTP API, comma-separated. When set, every /api request needs one; without them the
-    #: API answers only on loopback.
+    #: Bearer tokens of the HTTP API, comma-separated. When set, every /api request needs one; without them
+    #: every /api request is refused (401) unless INGEST_API_ALLOW_ANONYMOUS is set.
     ingest_api_tokens: SecretStr | None = None
+    #: Without tokens, answer anonymous /api requests that arrive on loopback and carry no forwarding header: an
+    #: explicit opt-in for a development server (`tunix-ingest run` sets it for its own), since a same-host proxy
+    #: that adds no such header makes every request look local. Logged as a warning at start.
+    ingest_api_allow_anonymous: bool = False
     #: "user:password" for Flower's basic auth; required when Flower listens beyond loopback.
     flower_basic_auth: SecretStr | None = None
 

@@ -13,7 +13,7 @@ from models.messages import IngestResult
 from models.tables import BatchState
 from services.delivery import ingest_message
 from services.message_parsing import body_missing, is_claim_check
-from services.parking import park_failed_message
+from services.parking import park_failed_message, park_unread
 from worker.celery_app import app
 from worker.client import custody
 from worker.client.enqueue import delivery_counter_key
@@ -32,14 +32,23 @@ def _counter_key(message: dict[str, Any]) -> str:
 
 
 async def _start(runtime: Runtime, message: dict[str, Any]) -> custody.Delivery:
-    """Custody's bookkeeping for this delivery and, for a claim check, its body: one round trip."""
-    return await custody.start_delivery(
+    """Custody's bookkeeping for this delivery and, for a claim check, its body: one round trip. Only the
+    record of this message's batch and content is used (custody.Claim)."""
+    delivery = await custody.start_delivery(
         runtime.redis,
-        custody.record_of(message),
+        custody.claim_of(message),
         counter_key=_counter_key(message),
         counter_ttl_s=DELIVERY_COUNTER_TTL_S,
         fetch_body=is_claim_check(message),
     )
+    if delivery.foreign:
+        log.error(
+            "batch %s: custody record %s holds another batch (Redis lost writes and handed its number out "
+            "again); this batch has no body there",
+            message.get("batch_id"),
+            custody.record_of(message),
+        )
+    return delivery
 
 
 async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
@@ -55,18 +64,23 @@ async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
         )
     if body_missing(message, delivery.body) and result.state == BatchState.FAILED:
         await custody.count(runtime.redis, custody.BODIES_MISSING)
-    await custody.release(runtime.redis, custody.record_of(message))  # every outcome is final and in PostgreSQL
+    await custody.release(runtime.redis, custody.claim_of(message))  # every outcome is final and in PostgreSQL
     return result
 
 
-async def _park(runtime: Runtime, message: dict[str, Any], reason: str, *, attempts: int) -> IngestResult:
-    record = custody.record_of(message)
-    body = await custody.stored_body(runtime.redis, record) if is_claim_check(message) else None
+async def _park(
+    runtime: Runtime, message: dict[str, Any], reason: str, *, attempts: int, unread: bool = False
+) -> IngestResult:
+    claim = custody.claim_of(message)
+    body = await custody.stored_body(runtime.redis, claim) if is_claim_check(message) else None
     async with runtime.session() as session:
-        result = await park_failed_message(
-            session, message, body=body, reason=reason, attempts=attempts, limits=runtime.limits
-        )
-    await custody.release(runtime.redis, record)
+        if unread:
+            result = await park_unread(session, message, body=body, reason=reason, attempts=attempts)
+        else:
+            result = await park_failed_message(
+                session, message, body=body, reason=reason, attempts=attempts, limits=runtime.limits
+            )
+    await custody.release(runtime.redis, claim)
     return result
 
 
@@ -74,7 +88,7 @@ def _note_requeue(runtime: Runtime, message: dict[str, Any]) -> None:
     """The retry goes to the end of the queue; custody must not take its wait there for a loss. Best effort:
     if Redis is away too, the sweep may send the batch once more, which stores nothing twice."""
     try:
-        runtime.run(custody.requeued(runtime.redis, custody.record_of(message)))
+        runtime.run(custody.requeued(runtime.redis, custody.claim_of(message)))
     except Exception as error:
         log.warning("batch %s: could not note the retry in custody: %s", message.get("batch_id"), redact(str(error)))
 
@@ -118,8 +132,12 @@ def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
         try:
             return runtime.run(_park(runtime, message, decision.reason, attempts=deliveries)).model_dump(mode="json")
         except Exception as park_error:
-            if not is_transient(park_error):
-                raise
-            # The database is still away: keep the message in the broker rather than lose the batch.
-            _note_requeue(runtime, message)
-            raise self.retry(countdown=runtime.settings.retry_backoff_max_s) from None
+            if is_transient(park_error):
+                # The database is still away: keep the message in the broker rather than lose the batch.
+                _note_requeue(runtime, message)
+                raise self.retry(countdown=runtime.settings.retry_backoff_max_s) from None
+            # Reading the batch failed again in a way nobody foresaw: park it as it came, so it cannot loop.
+            reason = f"{decision.reason}; parking it then raised {type(park_error).__name__}"
+            return runtime.run(_park(runtime, message, reason, attempts=deliveries, unread=True)).model_dump(
+                mode="json"
+            )

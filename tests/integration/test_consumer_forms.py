@@ -36,7 +36,7 @@ def awkward_traces() -> list[dict[str, Any]]:
                 "prompt": text,
                 "final_answer": text[::-1],
                 "steps": [{"i": 0, "type": "think", "content": text}, {"i": 3, "type": "t", "content": "x"}],
-                "meta": {"text": text, "n": [1, -2.5, 1e300, 9007199254740993], "ok": True, "none": None},
+                "meta": {"text": text, "n": [1, -2.5, 1.5e15, -2.5e-300, 9007199254740993], "ok": True, "none": None},
             }
         )
     traces.append({**traces[0], "meta": None})

@@ -11,16 +11,21 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from services.dead_letter import raw_payload_text
 from services.errors import BatchRejected, EnqueueFailed, QueueFull
+from services.json_depth import nesting_problem, too_deep_field
+from services.validation import loads_lenient
 from worker.client.enqueue import BatchReceipt, check_source, enqueue_batch
 
 
 class JsonlLine(NamedTuple):
-    """One non-blank line: its number (from 1), the decoded object, or why it could not be decoded."""
+    """One non-blank line: its number (from 1), the decoded object, or why it could not be decoded (and the
+    field at fault, when one is)."""
 
     number: int
     value: dict[str, Any] | None
     problem: str | None
+    field: str | None = None
 
 
 def loads_json(raw: bytes) -> Any:
@@ -28,8 +33,9 @@ def loads_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        # The standard parser also takes escaped lone surrogates, so validation can name the field that has one.
-        return json.loads(raw)
+        # The lenient parser also takes escaped lone surrogates and oversize integers, so that validation can
+        # name the field that holds one.
+        return loads_lenient(raw)
 
 
 def read_jsonl(lines: Iterable[bytes], *, first_number: int = 1) -> Iterator[JsonlLine]:
@@ -47,7 +53,11 @@ def read_jsonl(lines: Iterable[bytes], *, first_number: int = 1) -> Iterator[Jso
             yield JsonlLine(number, None, f"not valid JSON ({error.msg} at column {error.colno})")
             continue
         except RecursionError:
-            yield JsonlLine(number, None, "not valid JSON here: nested too deeply")
+            _, field = too_deep_field(raw, in_array=False) or (0, "trace")
+            if field == "trace":  # the line itself nests, not one of its fields
+                yield JsonlLine(number, None, "not valid JSON here: nested too deeply")
+            else:
+                yield JsonlLine(number, None, nesting_problem(field), field)
             continue
         if not isinstance(value, dict):
             yield JsonlLine(number, None, f"a trace must be a JSON object, not {type(value).__name__}")
@@ -94,8 +104,8 @@ def chunk_batch_id(source: str, traces: list[Any]) -> uuid.UUID:
     interrupted stores nothing twice."""
     try:
         content = orjson.dumps(traces, option=orjson.OPT_SORT_KEYS, default=str)
-    except (TypeError, orjson.JSONEncodeError):  # a lone surrogate: validation names it, the id needs bytes
-        content = json.dumps(traces, sort_keys=True, default=str).encode()
+    except (TypeError, orjson.JSONEncodeError):  # a lone surrogate, deep nesting: validation names it
+        content = raw_payload_text(traces).encode()
     return uuid.uuid5(_CHUNK_NAMESPACE, f"{source}\x00{hashlib.sha256(content).hexdigest()}")
 
 
@@ -159,7 +169,7 @@ def enqueue_jsonl(
     `wait_when_full` is off: sending the same lines again stores nothing twice (chunk ids follow content).
     """
     check_source(source)
-    problems = [JsonlProblem(line.number, None, line.problem) for line in lines if line.problem]
+    problems = [JsonlProblem(line.number, line.field, line.problem) for line in lines if line.problem]
     good = [line for line in lines if line.value is not None]
     chunks = [good[start : start + batch_size] for start in range(0, len(good), batch_size)]
     receipts: list[BatchReceipt] = []

@@ -16,9 +16,7 @@ class BodyTooLarge(Exception):
 async def read_bounded(request: Request, limit: int) -> bytes:
     """The whole body, or `BodyTooLarge` as soon as it is known to pass `limit` bytes (from Content-Length
     before reading anything, else after the chunk that passes it)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
+    refuse_declared_oversize(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -32,12 +30,25 @@ class OverlongLine(bytes):
     """Stands for a line longer than the limit; only its first bytes are kept, the rest was skipped."""
 
 
-async def body_lines(request: Request, max_line: int) -> AsyncIterator[bytes]:
+def refuse_declared_oversize(request: Request, limit: int) -> None:
+    """`BodyTooLarge` at once when the body's Content-Length passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+
+
+async def body_lines(request: Request, max_line: int, max_total: int) -> AsyncIterator[bytes]:
     """The body's lines as they arrive (without their newline); a line over `max_line` bytes comes as an
-    `OverlongLine` holding its first bytes, so one huge line costs no more memory than the limit."""
+    `OverlongLine` holding its first bytes, so one huge line costs no more memory than the limit. Raises
+    `BodyTooLarge` once the body passes `max_total` bytes (at once if its Content-Length says it will)."""
+    refuse_declared_oversize(request, max_total)
     pending = bytearray()
     overlong = False
+    size = 0
     async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_total:
+            raise BodyTooLarge(max_total)
         pending += chunk
         while (end := pending.find(b"\n")) >= 0:
             line = bytes(pending[:end])

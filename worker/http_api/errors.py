@@ -1,4 +1,4 @@
-"""How the product's errors answer over HTTP: the seed's own `400`s, FastAPI's `422` shape, and JSON for the
+"""How the product's errors answer over HTTP: the tunix-rt backend's own `400`s, FastAPI's `422` shape, and JSON for the
 rest (never a traceback)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HTTP API's response bodies; `SeedBatchCreated` is the seed project's batch response, field for field."""
+"""The HTTP API's response bodies; `SeedBatchCreated` is the tunix-rt backend's batch response, field for field."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from models.trace_ids import trace_uuid
+
 
 class Receipt(BaseModel):
     batch_id: UUID
@@ -16,7 +18,8 @@ class Receipt(BaseModel):
 
 
 class SeedTrace(BaseModel):
-    id: int
+    #: The UUID form of the trace's row id (`models.trace_ids`): the tunix-rt backend's clients validate ids as UUIDs.
+    id: UUID
     created_at: datetime
     trace_version: str
 
@@ -31,7 +34,7 @@ class SeedBatchCreated(BaseModel):
         return cls(
             created_count=result["count"],
             traces=[
-                SeedTrace(id=row_id, created_at=result["created_at"], trace_version=trace["trace_version"])
+                SeedTrace(id=trace_uuid(row_id), created_at=result["created_at"], trace_version=trace["trace_version"])
                 for row_id, trace in zip(result["ids"], traces, strict=True)
             ],
         )
@@ -47,7 +50,10 @@ class JsonlAccepted(BaseModel):
     batches: list[Receipt]
     trace_count: int
     lines: int
+    #: The first 100 problems, in line order (a line may have several).
     invalid_lines: list[LineProblem]
+    #: Every line left out, listed or not.
+    invalid_line_count: int
 
 
 class Readiness(BaseModel):

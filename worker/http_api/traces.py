@@ -1,9 +1,8 @@
-"""`POST /api/traces/batch` (the seed's endpoint, plus `?wait`, `Idempotency-Key`, `?source`) and
-`POST /api/traces/jsonl`."""
+"""`POST /api/traces/batch`: the tunix-rt backend's batch endpoint, plus `?wait`, `Idempotency-Key` and
+`?source`. JSON Lines uploads are in `worker.http_api.jsonl_upload`."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Annotated, Any
@@ -13,13 +12,13 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
 from models.schemas import TraceIn
-from services.errors import BatchRejected, QueueFull, TraceError
-from worker.client.enqueue import BatchReceipt, check_source, enqueue_batch_async
-from worker.client.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, loads_json, read_jsonl
+from services.errors import BatchRejected, TraceError
+from services.validation import nesting_rejection
+from worker.client.enqueue import BatchReceipt, enqueue_batch_async
+from worker.client.jsonl import loads_json
 from worker.http_api.auth import require_token
-from worker.http_api.body import OverlongLine, body_lines, read_bounded
-from worker.http_api.errors import queue_full_response
-from worker.http_api.models import JsonlAccepted, LineProblem, Receipt, SeedBatchCreated
+from worker.http_api.body import read_bounded
+from worker.http_api.models import Receipt, SeedBatchCreated
 from worker.http_api.waiting import outcome
 from worker.settings import get_settings
 
@@ -55,15 +54,14 @@ def _trace_array(body: bytes) -> list[Any]:
         reason = f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
         raise BatchRejected([TraceError(None, "body", reason, "json_invalid")]) from None
     except RecursionError:
-        raise BatchRejected(
-            [TraceError(None, "body", "not valid JSON here: nested too deeply", "json_invalid")]
-        ) from None
+        too_deep = TraceError(None, "body", "not valid JSON here: nested too deeply", "json_invalid")
+        raise nesting_rejection(body, too_deep) from None
     if not isinstance(value, list):
         raise BatchRejected([TraceError(None, "body", "the body must be a JSON array of traces", "list_type")])
     return value
 
 
-def _receipt(request: Request, receipt: BatchReceipt) -> Receipt:
+def receipt_of(request: Request, receipt: BatchReceipt) -> Receipt:
     return Receipt(
         batch_id=receipt.batch_id,
         trace_count=receipt.trace_count,
@@ -81,8 +79,8 @@ TRACE_SCHEMA_DEFS: dict[str, Any] = _TRACE_ARRAY_SCHEMA.pop("$defs", {})
     status_code=202,
     response_model=Receipt,
     responses={
-        201: {"model": SeedBatchCreated, "description": "Stored (with `?wait`): the seed's own response."},
-        400: {"description": "Empty, or more than INGEST_MAX_BATCH traces (the seed's messages)."},
+        201: {"model": SeedBatchCreated, "description": "Stored (with `?wait`): the tunix-rt backend's own response."},
+        400: {"description": "Empty, or more than INGEST_MAX_BATCH traces (the tunix-rt backend's messages)."},
         409: {"description": "The Idempotency-Key was used for other traces."},
         413: {"description": "The body passes INGEST_MAX_BATCH_BYTES."},
         422: {"description": "Invalid traces: `detail` lists each by `loc` (body, trace index, field)."},
@@ -97,94 +95,22 @@ async def post_batch(
     source: Source = "http",
     idempotency_key: Annotated[str | None, Header(description="Retries with the same key store one copy.")] = None,
 ) -> Any:
-    """Enqueue a JSON array of traces as one batch (the seed's request body, byte for byte)."""
+    """Enqueue a JSON array of traces as one batch (the tunix-rt backend's request body, byte for byte)."""
     settings = get_settings()
     traces = _trace_array(await read_bounded(request, settings.ingest_max_batch_bytes))
     batch_id = batch_id_for(idempotency_key) or uuid.uuid4()
     if not wait:
-        return _receipt(request, await enqueue_batch_async(traces, source=source, batch_id=batch_id))
+        return receipt_of(request, await enqueue_batch_async(traces, source=source, batch_id=batch_id))
     watch = request.app.state.events
     event = watch.expect(batch_id)
     try:
         receipt = await enqueue_batch_async(traces, source=source, batch_id=batch_id)
         # Accepted from here on: whatever happens while waiting, the client gets its receipt, never an error
-        # that would make it send the batch again under another id.
+        # that would make it send the batch again under another id; the one exception is a conflict (409),
+        # where the id already names other traces and these were never stored.
         result = await outcome(watch, event, receipt.task_id, wait)
     finally:
         watch.forget(batch_id, event)
     if result is not None and result.get("state") == "ingested":
         return JSONResponse(SeedBatchCreated.from_result(result, traces).model_dump(mode="json"), 201)
-    return _receipt(request, receipt)
-
-
-def _lines_of(raw_lines: list[bytes], first_number: int, max_bytes: int) -> list[JsonlLine]:
-    lines = []
-    for number, raw in enumerate(raw_lines, start=first_number):
-        if isinstance(raw, OverlongLine):
-            lines.append(JsonlLine(number, None, f"longer than the maximum of {max_bytes} bytes of a batch"))
-        else:
-            lines += read_jsonl([raw], first_number=number)
-    return lines
-
-
-class _JsonlProgress:
-    """What the JSONL upload has enqueued so far, chunk by chunk."""
-
-    def __init__(self) -> None:
-        self.receipts: list[BatchReceipt] = []
-        self.problems: list[LineProblem] = []
-        self.lines = 0
-
-    def add(self, outcome: JsonlOutcome) -> None:
-        self.receipts += outcome.receipts
-        self.problems += [LineProblem(line=p.line, field=p.field, message=p.message) for p in outcome.problems]
-
-
-@router.post(
-    "/jsonl",
-    status_code=202,
-    response_model=JsonlAccepted,
-    responses={429: {"description": "The queue is full: send the same body again later (nothing is stored twice)."}},
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}
-    },
-)
-async def post_jsonl(request: Request, source: Source = "http") -> Any:
-    """Enqueue JSON Lines (one trace per line) in batches of INGEST_MAX_BATCH, read as they arrive; each bad line
-    is reported as `{line, field, message}` and left out, every good one is enqueued."""
-    settings = get_settings()
-    check_source(source)
-    progress = _JsonlProgress()
-    pending: list[bytes] = []
-    pending_bytes = 0
-
-    async def flush() -> None:
-        lines = _lines_of(pending, progress.lines - len(pending) + 1, settings.ingest_max_batch_bytes)
-        # Chunk ids follow content, so a client that sends the same body again stores nothing twice.
-        progress.add(
-            await asyncio.to_thread(
-                enqueue_jsonl, lines, source=source, batch_size=settings.ingest_max_batch, wait_when_full=False
-            )
-        )
-        pending.clear()
-
-    try:
-        async for raw in body_lines(request, settings.ingest_max_batch_bytes):
-            pending.append(raw)
-            pending_bytes += len(raw)
-            progress.lines += 1
-            if len(pending) >= settings.ingest_max_batch or pending_bytes >= settings.ingest_max_batch_bytes:
-                await flush()
-                pending_bytes = 0
-        if pending:
-            await flush()
-    except QueueFull as full:
-        return queue_full_response(full, batches_accepted=len(progress.receipts))
-    if not progress.receipts and not progress.problems:
-        return JSONResponse({"detail": "Batch must contain at least one trace"}, 400)
-    return JsonlAccepted(
-        batches=[_receipt(request, receipt) for receipt in progress.receipts],
-        trace_count=sum(receipt.trace_count for receipt in progress.receipts),
-        lines=progress.lines,
-        invalid_lines=progress.problems,
-    )
+    return receipt_of(request, receipt)
