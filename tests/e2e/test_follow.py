@@ -87,7 +87,10 @@ def test_a_batch_announced_twice_is_handed_once_per_group_and_a_second_group_get
     assert again.returncode == 0 and lines_of(again.stdout) == []
     assert sorted(line["batch_id"] for line in lines_of(other.stdout)) == sorted(batch_ids)
     stats = json.loads(cli("stats", "--json").stdout)["consumer_groups"]
-    assert stats == {"a": {"pending": 0, "lag": 0}, "b": {"pending": 0, "lag": 0}}
+    assert stats == {
+        "a": {"pending": 0, "lag": 0, "short_batches": 0},
+        "b": {"pending": 0, "lag": 0, "short_batches": 0},
+    }
 
 
 def test_a_consumer_killed_mid_stream_leaves_its_batches_to_another_consumer_of_the_group(

@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 from services.reports import StoreTotals, store_totals
 from worker.cli.oneshot import with_session
 from worker.client import custody
+from worker.client.consumer_statements import short_batches_key
 from worker.client.enqueue import queue_depth
 from worker.redis_connect import shared_client
 from worker.settings import get_settings
@@ -37,6 +38,8 @@ class IngestStats(BaseModel):
 class ConsumerGroupLag(BaseModel):
     pending: int
     lag: int | None
+    #: Batches loaded with rows missing and left pending to load again (a lagging replica, or rows gone).
+    short_batches: int = 0
 
 
 def oldest_waiting_age(redis: Redis, queue: str) -> float | None:
@@ -58,12 +61,15 @@ def consumer_groups(redis: Redis, stream: str) -> dict[str, ConsumerGroupLag]:
         groups = redis.xinfo_groups(stream)
     except ResponseError:  # no stream yet
         return {}
-    return {
-        str(group["name"].decode() if isinstance(group["name"], bytes) else group["name"]): ConsumerGroupLag(
-            pending=int(group["pending"]), lag=None if group.get("lag") is None else int(group["lag"])
+    figures = {}
+    for group in groups:
+        name = str(group["name"].decode() if isinstance(group["name"], bytes) else group["name"])
+        figures[name] = ConsumerGroupLag(
+            pending=int(group["pending"]),
+            lag=None if group.get("lag") is None else int(group["lag"]),
+            short_batches=int(redis.get(short_batches_key(stream, name)) or 0),
         )
-        for group in groups
-    }
+    return figures
 
 
 def collect_stats() -> IngestStats:

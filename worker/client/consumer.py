@@ -6,7 +6,9 @@ consumer that dies leaves its item pending; another consumer of the group claims
 (XAUTOCLAIM). Events are at least once (§6): an event of a batch the group has handed over is acknowledged
 and skipped (the group's handled batch ids are kept, bounded); one whose batch another consumer of the group
 is handing over waits, unacknowledged, and is asked about again each round (one atomic check decides, so
-consumers side by side never both take a batch). A batch is handed over twice to a group only when its
+consumers side by side never both take a batch). A batch whose rows are not all there yet (a lagging read
+replica) or any more is never handed over short: it is logged, counted (`short_batch_count`) and left pending,
+to be loaded again once claimed after `claim_idle_s`. A batch is handed over twice to a group only when its
 consumer stops between handing it over and the ack, or holds it past `claim_idle_s`: dedupe by `batch_id`
 downstream where that matters. Entries that are no event are logged, counted and skipped.
 """
@@ -20,15 +22,29 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import TypeVar
 
 import orjson
+from redis import Redis
 
 from worker.client.consumer_group import GroupReader
-from worker.client.consumer_items import IngestedBatch, IngestedLines
-from worker.client.consumer_statements import HANDLED, HELD
+from worker.client.consumer_items import IngestedBatch, IngestedLines, RowsMissing
+from worker.client.consumer_statements import HANDLED, HELD, short_batches_key
 
-__all__ = ["IngestedBatch", "IngestedLines", "follow_ingested", "follow_ingested_async", "follow_ingested_lines_async"]
+__all__ = [
+    "IngestedBatch",
+    "IngestedLines",
+    "follow_ingested",
+    "follow_ingested_async",
+    "follow_ingested_lines_async",
+    "short_batch_count",
+]
 
 
 Loaded = TypeVar("Loaded", IngestedBatch, IngestedLines)
+
+
+def short_batch_count(redis: Redis, stream: str, group: str) -> int:
+    """How many times a batch of `group` was loaded with rows missing and left pending, to be loaded again: for
+    `stats` and `metrics` (a count that keeps rising: a replica far behind, or rows gone for good)."""
+    return int(redis.get(short_batches_key(stream, group)) or 0)
 
 
 async def _handed_over(
@@ -43,13 +59,12 @@ async def _handed_over(
     reader: GroupReader = make_reader()
     try:
         await reader.join()
-        quiet_since = time.monotonic()
-        while idle_exit_s is None or time.monotonic() - quiet_since < idle_exit_s:
+        # Idle: no entry acknowledged. Entries that wait (HELD) or come back short are read again and again
+        # without that: they must not keep a consumer alive.
+        while idle_exit_s is None or time.monotonic() - reader.last_ack < idle_exit_s:
             if stop is not None and stop.is_set():
                 return
             fresh: list[tuple[bytes, dict[bytes, bytes]]] = await reader.entries()
-            if fresh:
-                quiet_since = time.monotonic()
             for entry_id, fields in reader.next_round(fresh):
                 batch_id = fields.get(b"batch_id")
                 try:
@@ -63,6 +78,9 @@ async def _handed_over(
                         reader.defer(entry_id, fields)
                         continue
                     batch = await load(reader, entry_id, fields)
+                except RowsMissing as problem:  # never handed over nor acknowledged short: loaded again later
+                    await reader.leave_short(entry_id, str(problem))
+                    continue
                 except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as problem:
                     await reader.skip_malformed(entry_id, str(problem), batch_id)
                     continue
@@ -88,8 +106,9 @@ def follow_ingested_async(
     """Stored batches for consumer `consumer` of group `group`, each acknowledged once the caller asks for the
     next (see the module's docstring); `asend(True)` acknowledges the current one and ends. With `raw_json`,
     `steps` and `meta` stay the JSON text PostgreSQL sent, as `orjson.Fragment`s. Joins the group,
-    created at the stream's start or at its end (now). Ends after `idle_exit_s` without a new batch, if given,
-    or once `stop` is set (within one blocking read); otherwise follows until closed."""
+    created at the stream's start or at its end (now). Ends after `idle_exit_s` without acknowledging a batch
+    (entries that wait, or come back short, do not count), if given, or once `stop` is set (within one blocking
+    read); otherwise follows until closed."""
     reader = functools.partial(
         GroupReader,
         group,

@@ -1,6 +1,7 @@
 """One consumer's side of a Redis consumer group on the event stream (worker.client.consumer): join the group,
-read new, pending and abandoned entries (XAUTOCLAIM), load a batch's rows with one SELECT, acknowledge, and keep
-the group's handled batch ids so an event published twice is handed over once."""
+read new, pending and abandoned entries (XAUTOCLAIM), load a batch's rows with one SELECT (all of them, or the
+batch waits), acknowledge, and keep the group's handled batch ids so an event published twice is handed over
+once."""
 
 from __future__ import annotations
 
@@ -12,8 +13,20 @@ import orjson
 from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from worker.client.consumer_items import IngestedBatch, IngestedLines, event_fields, trace_ids
-from worker.client.consumer_statements import HANDLED, HELD, LOAD, LOAD_LINES, TAKE_OVER, TAKEN
+from worker.client.consumer_items import IngestedBatch, IngestedLines, event_fields, fetch_all_rows, trace_ids
+from worker.client.consumer_statements import (
+    HANDLED,
+    HELD,
+    LOAD,
+    LOAD_LINES,
+    RELEASE_TRIMMED,
+    TAKE_OVER,
+    TAKEN,
+    handled_key,
+    holders_key,
+    malformed_key,
+    short_batches_key,
+)
 from worker.redis_connect import connect_async
 from worker.settings import get_settings
 
@@ -24,17 +37,7 @@ HANDLED_KEPT = 100_000
 #: A group's in-flight records expire this long after the last is written (see consumer_statements.TAKE_OVER).
 IN_FLIGHT_EXPIRY_S = 86_400
 
-
-def handled_key(stream: str, group: str) -> str:
-    return f"ingest:consumer:{stream}:{group}:handled"
-
-
-def in_flight_key(stream: str, group: str) -> str:
-    return f"ingest:consumer:{stream}:{group}:in_flight"
-
-
-def malformed_key(stream: str, group: str) -> str:
-    return f"ingest:consumer:{stream}:{group}:malformed"
+__all__ = ["GroupReader", "handled_key", "holders_key", "malformed_key"]
 
 
 class GroupReader:
@@ -43,9 +46,11 @@ class GroupReader:
     ) -> None:
         settings = get_settings()
         self.stream, self.group, self.consumer = settings.ingest_events_stream, group, consumer
+        self.handled, self.holders = handled_key(self.stream, group), holders_key(self.stream, group)
         self.from_start, self.claim_idle_ms, self.block_ms = from_start, int(claim_idle_s * 1000), block_ms
         self.redis = connect_async(settings, socket_timeout=block_ms / 1000 + 10)
         self.take_over_script = self.redis.register_script(TAKE_OVER)
+        self.release_trimmed_script = self.redis.register_script(RELEASE_TRIMMED)
         self.engine: AsyncEngine = create_async_engine(settings.database_url.get_secret_value(), pool_size=1)
         self.sessions = async_sessionmaker(self.engine)
         self.json_value: Any = orjson.Fragment if raw_json else orjson.loads
@@ -54,11 +59,14 @@ class GroupReader:
         #: A whole scan that found nothing abandoned waits this long for the next: not one scan per batch.
         self.claim_every_s = min(claim_idle_s / 4, 5.0)
         self.next_claim_scan = 0.0
-        #: This consumer's own pending entries (a previous run of it stopped before acking) are read until none
-        #: is left; entries it reads afterwards are acknowledged before it reads again.
-        self.own_pending_left = True
+        #: Where the walk through this consumer's own pending entries (a previous run of it stopped before
+        #: acking) goes on; None once it has read them all. Read once each: an entry that has to wait (HELD)
+        #: waits in `deferred`, a short batch until claimed again; neither is read again in a loop.
+        self.own_cursor: str | None = "0"
         #: Entries whose batch another consumer of the group holds (TAKE_OVER's HELD): offered again each round.
         self.deferred: dict[bytes, dict[bytes, bytes]] = {}
+        #: When this consumer last acknowledged an entry: its idle time (`idle_exit_s`) counts from there.
+        self.last_ack = time.monotonic()
 
     async def join(self) -> None:
         try:
@@ -67,50 +75,54 @@ class GroupReader:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def _read(self, source: str) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
-        """One entry at a time: a consumer that stops (or dies) holds at most the batch it was handing over."""
-        reply: Any
-        if source == "own":  # this consumer's pending entries (a previous run of it stopped before acking)
-            reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=1)
-        elif source == "claimed":  # entries a dead consumer of the group left idle
-            reply = await self.redis.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=self.claim_cursor, count=1
-            )
-            cursor = reply[0]
-            self.claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-            if len(reply) > 2 and reply[2]:  # Redis >= 7 drops pending entries trimmed away, and names them
-                self._trimmed_while_pending(reply[2])
-            return list(reply[1])
-        else:
-            reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=1, block=self.block_ms
-            )
-        return list(reply[0][1]) if reply else []
+    # One entry per read: a consumer that stops (or dies) holds at most the batch it was handing over.
+    async def _read_own(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        """The next of this consumer's own pending entries (a previous run of it stopped before acking)."""
+        cursor = self.own_cursor or "0"
+        reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=1)
+        found = list(reply[0][1]) if reply else []
+        self.own_cursor = found[-1][0].decode() if found else None
+        return found
 
-    def _sources(self) -> list[str]:
-        sources = ["own"] if self.own_pending_left else []
-        if time.monotonic() >= self.next_claim_scan:
-            sources.append("claimed")
-        return [*sources, "new"]
+    async def _claim(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        """The next entry a dead (or stopped) consumer of the group left idle for `claim_idle_s`."""
+        reply: Any = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=self.claim_cursor, count=1
+        )
+        self.claim_cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if len(reply) > 2 and reply[2]:  # Redis >= 7 drops pending entries trimmed away, and names them
+            await self._trimmed_while_pending(reply[2])
+        if not reply[1] and self.claim_cursor == "0-0":  # a whole scan found nothing idle
+            self.next_claim_scan = time.monotonic() + self.claim_every_s
+        return list(reply[1])
+
+    async def _read_new(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+        """The next new entry, waiting up to `block_ms` for one: the pause between rounds."""
+        reply: Any = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=1, block=self.block_ms
+        )
+        return list(reply[0][1]) if reply else []
 
     async def entries(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Entries for this consumer: its own pending ones first, then those a dead consumer left idle, then new."""
-        for source in self._sources():
-            found = await self._read(source)
-            if not found and source == "own":
-                self.own_pending_left = False
-            if not found and source == "claimed" and self.claim_cursor == "0-0":  # a whole scan, nothing idle
-                self.next_claim_scan = time.monotonic() + self.claim_every_s
+        reads = [self._read_own] if self.own_cursor is not None else []
+        if time.monotonic() >= self.next_claim_scan:
+            reads.append(self._claim)
+        for read in [*reads, self._read_new]:
+            found = await read()
             for entry_id, fields in found:
                 if not fields:  # trimmed from the stream while pending: nothing left to hand over
-                    self._trimmed_while_pending([entry_id])
                     await self.acknowledge(entry_id, None)
+                    await self._trimmed_while_pending([entry_id])
             entries = [(entry_id, fields) for entry_id, fields in found if fields]
             if entries:
                 return entries
         return []
 
-    def _trimmed_while_pending(self, entry_ids: list[bytes]) -> None:
+    async def _trimmed_while_pending(self, entry_ids: list[bytes]) -> None:
+        """Warn, and free the in-flight records the entries held: their batches can no longer be handed over
+        from them, and another event of such a batch must not wait for them."""
+        await self.release_trimmed_script(keys=[self.holders], args=entry_ids)
         log.warning(
             "%d pending entries of group %s were trimmed from %s before they were acknowledged (%s): their batches "
             "are not handed over unless announced again; keep INGEST_EVENTS_MAXLEN above the group's lag",
@@ -120,16 +132,10 @@ class GroupReader:
             ", ".join(entry_id.decode() for entry_id in entry_ids[:5]),
         )
 
-    async def _fetch(self, query: str, ids: list[int]) -> list[Any]:
-        async with self.sessions() as session:  # one session per batch, never shared
-            # The session's own asyncpg connection: thousands of wide rows skip SQLAlchemy's row objects.
-            raw = await (await session.connection()).get_raw_connection()
-            return await raw.driver_connection.fetch(query, ids)  # type: ignore[union-attr,no-any-return]
-
     async def load(self, entry_id: bytes, fields: dict[bytes, bytes]) -> IngestedBatch:
         as_value = self.json_value
         traces = []
-        for row in await self._fetch(LOAD, trace_ids(fields)):
+        for row in await fetch_all_rows(self.sessions, LOAD, trace_ids(fields)):
             trace = dict(row)
             trace["steps"] = as_value(trace["steps"])
             if trace["meta"] is not None:
@@ -138,14 +144,15 @@ class GroupReader:
         return IngestedBatch(*event_fields(fields), traces, entry_id.decode())
 
     async def load_lines(self, entry_id: bytes, fields: dict[bytes, bytes]) -> IngestedLines:
-        lines = [row[0] for row in await self._fetch(LOAD_LINES, trace_ids(fields))]
+        lines = [row[0] for row in await fetch_all_rows(self.sessions, LOAD_LINES, trace_ids(fields))]
         return IngestedLines(*event_fields(fields), lines, entry_id.decode())
 
     async def take_over(self, entry_id: bytes, batch_id: bytes) -> int:
         """TAKEN, HANDLED or HELD (see consumer_statements.TAKE_OVER): hand the batch over, acknowledge the entry
         without (`acknowledge(entry_id, None)`), or `defer` it."""
-        keys = [handled_key(self.stream, self.group), in_flight_key(self.stream, self.group), self.stream]
-        decision = await self.take_over_script(keys=keys, args=[self.group, batch_id, entry_id, IN_FLIGHT_EXPIRY_S])
+        keys = [self.handled, self.holders, self.stream]
+        args: list[str | bytes | int] = [self.group, batch_id, entry_id, self.consumer, IN_FLIGHT_EXPIRY_S]
+        decision = await self.take_over_script(keys=keys, args=args)
         if decision not in (TAKEN, HANDLED, HELD):
             raise RuntimeError(f"unexpected take-over answer {decision!r}")
         return int(decision)
@@ -164,11 +171,11 @@ class GroupReader:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.stream, self.group, entry_id)
             if handed_over is not None:
-                key = handled_key(self.stream, self.group)
-                pipe.zadd(key, {handed_over: time.time()})
-                pipe.zremrangebyrank(key, 0, -HANDLED_KEPT - 1)
-                pipe.hdel(in_flight_key(self.stream, self.group), handed_over)
+                pipe.zadd(self.handled, {handed_over: time.time()})
+                pipe.zremrangebyrank(self.handled, 0, -HANDLED_KEPT - 1)
+                pipe.hdel(self.holders, handed_over)
             await pipe.execute()
+        self.last_ack = time.monotonic()
 
     async def skip_malformed(self, entry_id: bytes, problem: str, batch_id: bytes | None) -> None:
         """Log, count and acknowledge an entry that is no ingested event; a batch id it took over is released."""
@@ -177,8 +184,21 @@ class GroupReader:
             pipe.incr(malformed_key(self.stream, self.group))
             pipe.xack(self.stream, self.group, entry_id)
             if batch_id is not None:
-                pipe.hdel(in_flight_key(self.stream, self.group), batch_id)
+                pipe.hdel(self.holders, batch_id)
             await pipe.execute()
+        self.last_ack = time.monotonic()
+
+    async def leave_short(self, entry_id: bytes, problem: str) -> None:
+        """Log and count a batch loaded with rows missing, and leave its entry pending, unacknowledged, and the
+        batch in flight with this consumer: a claim scan (this consumer's or another's) loads it again once it
+        has been idle `claim_idle_s`."""
+        log.warning(
+            "batch of stream entry %s of %s: %s; left pending, loaded again after the claim idle time",
+            entry_id.decode(),
+            self.stream,
+            problem,
+        )
+        await self.redis.incr(short_batches_key(self.stream, self.group))
 
     async def close(self) -> None:
         await self.engine.dispose()

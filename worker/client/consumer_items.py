@@ -1,5 +1,5 @@
 """What a consumer is handed (worker.client.consumer): a stored batch as rows or as JSON lines, built from its
-event's fields."""
+event's fields, and only when all its rows are there."""
 
 from __future__ import annotations
 
@@ -8,6 +8,24 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+
+class RowsMissing(Exception):
+    """The SELECT found fewer rows than the batch's event names: a read replica that lags behind, or rows
+    deleted. Handing such a batch over would lose the rest for the group: it waits instead."""
+
+
+async def fetch_all_rows(sessions: async_sessionmaker[AsyncSession], query: str, ids: list[int]) -> list[Any]:
+    """The rows `query` selects for `ids`, in a session of their own (never shared): all of them, or RowsMissing."""
+    async with sessions() as session:
+        # The session's own asyncpg connection: thousands of wide rows skip SQLAlchemy's row objects.
+        raw = await (await session.connection()).get_raw_connection()
+        rows: list[Any] = await raw.driver_connection.fetch(query, ids)  # type: ignore[union-attr]
+    wanted = len(set(ids))
+    if len(rows) < wanted:
+        raise RowsMissing(f"{wanted - len(rows)} of its {wanted} rows are missing")
+    return rows
 
 
 class IngestedBatch(NamedTuple):
