@@ -26,14 +26,17 @@ class BatchMessage(BaseModel):
 
 class BatchTicket(BaseModel):
     """Wire format v2 of an `ingest.batch` task (PRODUCT.md §5): a claim check. The traces' JSON waits in
-    custody under `custody_seq`; the message itself stays a few hundred bytes whatever the batch size."""
+    custody under `custody_seq`; the message itself stays a few hundred bytes whatever the batch size.
+    A producer's retry sends a claim check naming the same record. The record is used only if its ticket names
+    this message's `batch_id` and `content_hash` (a number can repeat after Redis lost writes)."""
 
     model_config = ConfigDict(extra="forbid")
 
     batch_id: UUID
     source: Source
     trace_count: Annotated[int, Field(ge=1)]
-    #: sha256 of the body: the worker checks that the body it fetched is the one this message names.
+    #: sha256 of the body: custody hands out only the body of a record whose ticket names this hash (and batch
+    #: id), and the worker checks that the body it fetched is the one this message names.
     content_hash: Annotated[str, StringConstraints(pattern="^[0-9a-f]{64}$")]
     custody_seq: Annotated[int, Field(ge=1)]
     enqueued_at: datetime | None = None

@@ -19,7 +19,7 @@ from services.reprocess import (
     settled_batches,
 )
 from worker.celery_app import app
-from worker.client import custody
+from worker.client import custody, custody_recovery
 from worker.client.enqueue import resend_message_async, send_ingest_task
 from worker.runtime import Runtime, current_runtime
 
@@ -41,19 +41,22 @@ def sweep_unpublished() -> int:
 
 
 async def _resend_lost(runtime: Runtime) -> int:
-    records = await custody.overdue(runtime.redis, runtime.settings)
+    records = await custody_recovery.overdue(runtime.redis, runtime.settings)
     if not records:
         return 0
-    messages = {record: await custody.resendable_message(runtime.redis, record) for record in records}
+    messages = {record: await custody_recovery.resendable_message(runtime.redis, record) for record in records}
     batch_ids = {UUID(str(m["batch_id"])) for m in messages.values() if m is not None}
     async with runtime.session() as session:
         on_record = {str(batch_id) for batch_id in await settled_batches(session, list(batch_ids))}
     resent = 0
     for record, message in messages.items():
-        if message is None or str(message["batch_id"]) in on_record:  # settled; its worker died before releasing
-            await custody.release(runtime.redis, record)
+        if message is None:  # a leftover whose ticket is gone: released only while it still has none
+            await custody.release(runtime.redis, custody.Claim(record))
             continue
-        await custody.requeued(runtime.redis, record)
+        if str(message["batch_id"]) in on_record:  # settled; its worker died before releasing
+            await custody.release(runtime.redis, custody.claim_of(message))
+            continue
+        await custody.requeued(runtime.redis, custody.claim_of(message))
         await asyncio.to_thread(send_ingest_task, message)
         await custody.count(runtime.redis, custody.RESENT)
         log.warning("batch %s left the queue but never reached PostgreSQL (lost in transit); sent again", record)

@@ -10,55 +10,61 @@ as unacknowledged, so a worker host that dies in between loses that message for 
 has touched for longer than any live delivery can take, and that PostgreSQL does not hold. A batch that was only
 slow is then delivered twice, which idempotent ingest makes harmless.
 
-The queue is first in, first out, so "has left the queue" needs no scan of the queue: each record gets a
-sequence number, every delivery raises the horizon to its own record's number, and an empty queue raises it to
-the last number handed out. Every record at or below the horizon has left the queue. Records are keyed by
-message, not by batch: a producer that retries a batch gets a second record at the tail, and the first copy's
-delivery moves the horizon only to where that copy stood.
+The queue is first in, first out, so "has left the queue" needs no scan of the queue: a record waits at a
+position (a number from `seq`), every delivery raises the horizon to its own message's number, and an empty queue
+raises it to the last number handed out. Every record waiting at or below the horizon has left the queue.
+
+**One record per batch id** (PRODUCT.md §8.13): a producer's retry of a batch in custody (after `EnqueueFailed`,
+say) refreshes that record instead of adding one: same body, the record waits again at the tail for the claim
+check the retry sends, which names the same record; if that message is lost too, the re-send brings the record's
+ticket back. Only a new record counts against the depth limit, which counts the records in custody, not only
+the queued messages. A delivery raises the horizon to its message's number, never to the record's newer
+position: an earlier copy must not make the backlog queued between the two copies count as out of the queue.
+
+**A record names its batch**: its ticket holds the batch id and content hash. After Redis lost writes (a
+failover without replicas, a crash) numbers repeat, so a message taken before the loss may name a number that
+now holds another batch. A record is used (started, its body read) and released only for a message naming the
+same batch and content (`Claim`); such a stale message finds no body for its own batch, and a new record never
+takes a number whose ticket or body is still there.
 
 Keys (`ingest:custody:`): `seq` (counter), `waiting` (record → queue position), `taken` (record → Redis time it
 was last seen leaving the queue or starting), `owners` (record → the worker that received its message),
-`horizon`,
-`body:<record>`, `ticket:<record>`, `resent` and `bodies_missing` (counters). Messages of wire format v1
-(traces inline, queued by an older version) have records named by their batch id with the whole message under
-`payload:<batch id>`; they are released the same way.
+`records` (batch id → its record), `horizon`, `body:<record>`, `ticket:<record>`, `resent` and `bodies_missing`
+(counters). Messages of wire format v1 (traces inline, queued by an older version) have records named by their
+batch id with the whole message under `payload:<batch id>`; they are released the same way.
 The scripts build record keys from the prefix: Redis Cluster is not supported (kombu refuses it as a broker).
+The producer's side is `custody_accept`, the search for lost records `custody_recovery`, the Lua `custody_scripts`.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any, NamedTuple, cast
-from uuid import uuid4
 
-import orjson
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from worker.celery_app import unacked_mutex_expire_s
 from worker.client import custody_scripts as scripts
-from worker.heartbeat import PREFIX as HEARTBEAT_PREFIX
-from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PREFIX = "ingest:custody"
-SEQ, WAITING, TAKEN, HORIZON, RESENT, BODIES_MISSING, OWNERS = (
-    f"{PREFIX}:{name}" for name in ("seq", "waiting", "taken", "horizon", "resent", "bodies_missing", "owners")
+SEQ, WAITING, TAKEN, HORIZON, RESENT, BODIES_MISSING, OWNERS, RECORDS = (
+    f"{PREFIX}:{name}"
+    for name in ("seq", "waiting", "taken", "horizon", "resent", "bodies_missing", "owners", "records")
 )
-INCOMING_TTL_S = 60
-#: What `accept` returns as its outcome.
-NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT, QUEUE_FULL = 1, 0, -1, -2
+#: What `START_DELIVERY` answers when the record names another batch (1: the record is gone, 0: it is used).
+_FOREIGN = 2
 
 
-class Accepted(NamedTuple):
-    """What `accept` did: `outcome` is NEW_BATCH, SAME_BATCH_AGAIN, CONFLICT or QUEUE_FULL; `value` is the new
-    record's sequence number, or the queue depth when the queue is full."""
+class Claim(NamedTuple):
+    """The custody record a delivered message names, and what that record's ticket must say for the message to
+    use it: a claim check's batch id and content hash. A v1 record is named by its batch id and has no ticket:
+    a claim of a name alone matches only a record without a ticket (v1, or a leftover whose ticket is gone)."""
 
-    outcome: int
-    value: int
-    #: Replicas that confirmed the custody writes (only counted when `accept` was asked to wait for some).
-    replicated: int = 0
+    record: str
+    batch_id: str = ""
+    content_hash: str = ""
 
 
 class Delivery(NamedTuple):
@@ -66,6 +72,9 @@ class Delivery(NamedTuple):
 
     deliveries: int
     body: bytes | None
+    #: The record the message names holds another batch (Redis lost writes, and its number was handed out
+    #: again): the delivery has no body, and that record was not touched.
+    foreign: bool = False
 
 
 def body_key(record: str) -> str:
@@ -81,62 +90,44 @@ def legacy_payload_key(record: str) -> str:
     return f"{PREFIX}:payload:{record}"
 
 
+def _custody_seq(message: dict[str, Any]) -> int | None:
+    seq = message.get("custody_seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
 def record_of(message: dict[str, Any]) -> str:
     """The custody record a task message belongs to: its sequence number (v2) or its batch id (v1)."""
-    seq = message.get("custody_seq")
-    return str(seq) if isinstance(seq, int) and not isinstance(seq, bool) else str(message.get("batch_id"))
+    seq = _custody_seq(message)
+    return str(seq) if seq is not None else str(message.get("batch_id"))
 
 
-def lost_after_s(settings: Settings) -> int:
-    """How long a record out of the queue may go untouched before it counts as lost: a dead host's unacked
-    messages come back after the visibility timeout (later if it died holding the scan lock), and a message a
-    live worker reserved waits at most one task ahead of it."""
-    return settings.visibility_timeout_s + unacked_mutex_expire_s(settings) + settings.task_time_limit_s
-
-
-def accept(
-    redis: Redis,
-    *,
-    batch_key: str,
-    content_hash: str,
-    key_ttl_s: int,
-    body: bytes,
-    ticket_head: bytes,
-    queue: str,
-    max_depth: int,
-    counter_key: str,
-    replicas: int = 0,
-    replica_timeout_ms: int = 0,
-) -> Accepted:
-    """Take custody of a batch before its claim-check message is sent, unless the queue is full or the batch
-    id names other content. `ticket_head` is the ticket's JSON up to the value of `custody_seq`; the batch's
-    delivery counter (`counter_key`) starts afresh. One round trip; the body is written once.
-
-    With `replicas`, a WAIT on the same connection follows (WAIT counts only the writes of its own
-    connection, so it must share the pipeline's): `Accepted.replicated` is how many replicas confirmed.
-    """
-    incoming = f"{PREFIX}:incoming:{uuid4().hex}"  # expires by itself if the script never runs
-    keys = [batch_key, SEQ, WAITING, incoming, queue, counter_key]
-    # No MULTI: the script checks everything itself, and a lone `incoming` key expires on its own.
-    with redis.pipeline(transaction=False) as pipe:
-        pipe.set(incoming, body, ex=INCOMING_TTL_S)
-        pipe.eval(scripts.ACCEPT, len(keys), *keys, content_hash, key_ttl_s, ticket_head, max_depth, PREFIX)
-        if replicas:
-            pipe.wait(replicas, replica_timeout_ms)
-        _, (outcome, value), *replicated = pipe.execute()
-    return Accepted(int(outcome), int(value), int(replicated[0]) if replicated else 0)
+def claim_of(message: dict[str, Any]) -> Claim:
+    """What a task message may use of custody: its record, checked against the batch and content it names."""
+    content_hash = message.get("content_hash")
+    if _custody_seq(message) is None or not isinstance(content_hash, str) or not content_hash:
+        return Claim(record_of(message))
+    return Claim(record_of(message), str(message.get("batch_id")), content_hash)
 
 
 async def start_delivery(
-    redis: AsyncRedis, record: str, *, counter_key: str, counter_ttl_s: int, fetch_body: bool
+    redis: AsyncRedis, claim: Claim, *, counter_key: str, counter_ttl_s: int, fetch_body: bool
 ) -> Delivery:
-    """Note that a delivery of the record's message started (it left the queue), count the batch's deliveries
-    and fetch the body, in one round trip."""
-    keys = [WAITING, TAKEN, HORIZON, counter_key, body_key(record)]
-    deliveries, body = await redis.eval(
-        scripts.START_DELIVERY, len(keys), *keys, record, counter_ttl_s, "1" if fetch_body else "0"
+    """Note that a delivery of the claim's record started (its message left the queue), count the batch's
+    deliveries and fetch the body, in one round trip. A record that is not the claim's is left alone."""
+    keys = [WAITING, TAKEN, HORIZON, counter_key, body_key(claim.record), ticket_key(claim.record)]
+    number = claim.record if claim.content_hash else ""  # a claim check's number is its message's place
+    deliveries, body, refused = await redis.eval(
+        scripts.START_DELIVERY,
+        len(keys),
+        *keys,
+        claim.record,
+        counter_ttl_s,
+        "1" if fetch_body else "0",
+        claim.batch_id,
+        claim.content_hash,
+        number,
     )
-    return Delivery(int(deliveries), body)
+    return Delivery(int(deliveries), body, foreign=int(refused) == _FOREIGN)
 
 
 def received_by(redis: Redis, record: str, worker_id: str) -> None:
@@ -151,43 +142,28 @@ def forget_owner(redis: Redis, worker_id: str) -> None:
         redis.hdel(OWNERS, *held)
 
 
-async def requeued(redis: AsyncRedis, record: str) -> None:
-    """Note that the record's message goes back to the end of the queue (before sending it)."""
+async def requeued(redis: AsyncRedis, claim: Claim) -> None:
+    """Note that the claim's record goes back to the end of the queue (before its message is sent again), if
+    the record is the claim's."""
+    record = claim.record
     keys = [SEQ, WAITING, TAKEN, ticket_key(record), legacy_payload_key(record), OWNERS]
-    await redis.eval(scripts.REQUEUE, len(keys), *keys, record)
+    await redis.eval(scripts.REQUEUE, len(keys), *keys, record, claim.batch_id, claim.content_hash)
 
 
-async def release(redis: AsyncRedis, record: str) -> None:
-    """PostgreSQL holds the batch (stored, rejected or parked as failed): the record and its body go."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(body_key(record), ticket_key(record), legacy_payload_key(record))
-        pipe.zrem(WAITING, record)
-        pipe.zrem(TAKEN, record)
-        pipe.hdel(OWNERS, record)
-        await pipe.execute()
+async def release(redis: AsyncRedis, claim: Claim) -> bool:
+    """PostgreSQL holds the batch (stored, rejected or parked as failed): the claim's record and its body go,
+    if the record is the claim's. True if released."""
+    record = claim.record
+    keys = [body_key(record), ticket_key(record), legacy_payload_key(record), WAITING, TAKEN, OWNERS, RECORDS]
+    released = await redis.eval(scripts.RELEASE, len(keys), *keys, record, claim.batch_id, claim.content_hash)
+    return bool(released)
 
 
-async def overdue(
-    redis: AsyncRedis, settings: Settings, *, untouched_for_s: int | None = None, limit: int = 100
-) -> list[str]:
-    """Records out of the queue and untouched for `lost_after_s` (or `untouched_for_s`), or whose delivery's
-    worker has stopped beating (worker.heartbeat): stored but not released (their worker died in between),
-    lost, or taken by a worker that died."""
-    keys = [SEQ, WAITING, TAKEN, HORIZON, settings.ingest_queue, OWNERS]
-    quiet_for = lost_after_s(settings) if untouched_for_s is None else untouched_for_s
-    ids = await redis.eval(scripts.OVERDUE, len(keys), *keys, quiet_for, limit, HEARTBEAT_PREFIX)
-    return [value.decode() if isinstance(value, bytes) else str(value) for value in ids]
-
-
-async def stored_body(redis: AsyncRedis, record: str) -> bytes | None:
-    return cast(bytes | None, await redis.get(body_key(record)))  # the client does not decode responses
-
-
-async def resendable_message(redis: AsyncRedis, record: str) -> dict[str, Any] | None:
-    """The task kwargs to send again for a record: its ticket (v2) or its whole message (v1); None if gone."""
-    ticket, legacy = await redis.mget(ticket_key(record), legacy_payload_key(record))
-    raw = ticket or legacy
-    return None if raw is None else dict(orjson.loads(raw))
+async def stored_body(redis: AsyncRedis, claim: Claim) -> bytes | None:
+    """The body of the claim's record, if the record is the claim's."""
+    keys = [body_key(claim.record), ticket_key(claim.record)]
+    body = await redis.eval(scripts.STORED_BODY, len(keys), *keys, claim.batch_id, claim.content_hash)
+    return cast(bytes | None, body)  # the client does not decode responses
 
 
 async def count(redis: AsyncRedis, counter: str) -> None:

@@ -19,7 +19,7 @@ from models.schemas import Source
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull, TraceError
 from services.validation import ValidatedBatch, validate_traces
 from worker.celery_app import app
-from worker.client import custody
+from worker.client import custody_accept
 from worker.redis_connect import shared_client
 from worker.settings import get_settings, redact
 
@@ -82,8 +82,9 @@ def _hand_over(valid: ValidatedBatch, *, source: str, batch_id: UUID, max_depth:
     settings = get_settings()
     redis = shared_client()
     kwargs, ticket_head = _ticket_head(batch_id, source, valid)
-    accepted = custody.accept(
+    accepted = custody_accept.accept(
         redis,
+        batch_id=str(batch_id),
         batch_key=batch_key(batch_id),
         content_hash=valid.content_hash,
         key_ttl_s=settings.ingest_batch_key_ttl_s,
@@ -95,21 +96,23 @@ def _hand_over(valid: ValidatedBatch, *, source: str, batch_id: UUID, max_depth:
         replicas=settings.ingest_redis_min_replicas,
         replica_timeout_ms=settings.ingest_redis_replica_timeout_ms,
     )
-    if accepted.outcome == custody.QUEUE_FULL:
+    if accepted.outcome == custody_accept.QUEUE_FULL:
         depth = accepted.value
         raise QueueFull(depth, max_depth, retry_after=min(60.0, 1.0 + 10.0 * depth / max_depth), batch_id=batch_id)
-    if accepted.outcome == custody.CONFLICT:
+    if accepted.outcome == custody_accept.CONFLICT:
         raise BatchConflict(batch_id)
     if accepted.replicated < settings.ingest_redis_min_replicas:
         # The master holds the batch but a failover could lose it: not acknowledged. If the master lives on,
-        # custody's re-send still delivers it, and a retry with the same batch id never stores it twice.
+        # custody's re-send still delivers it; a retry with the same batch id refreshes the same record (one
+        # per batch id) and sends its claim check once replicas confirm, and never stores the batch twice.
         raise EnqueueFailed(
             f"custody of the batch reached {accepted.replicated} of {settings.ingest_redis_min_replicas} "
             f"Redis replicas within {settings.ingest_redis_replica_timeout_ms} ms",
             batch_id,
         )
     # From here on Redis holds the batch: if the send fails (or only its reply is lost), custody's re-send
-    # delivers it later, so the producer is told the outcome is unknown, never "not accepted".
+    # delivers it later, so the producer is told the outcome is unknown, never "not accepted". A retry's
+    # claim check names the batch's existing record: an earlier copy still queued finds the same body.
     task = app.send_task(
         "ingest.batch",
         kwargs={**kwargs, "custody_seq": accepted.value},
