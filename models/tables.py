@@ -1,4 +1,5 @@
-"""The two tables operators and consumers query directly; documented in docs/architecture.md."""
+"""The tables operators and consumers query directly (`batch`, `trace`, and `batch_conflict` beside them);
+documented in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -35,6 +38,18 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (`xid8`), read as an int."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "XID8"
+
+
+ischema_names.setdefault("xid8", Xid8)  # so that reflection (alembic check) knows the type
 
 
 class BatchState(enum.StrEnum):
@@ -68,6 +83,8 @@ class Batch(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     ingested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The transaction that made the batch `ingested`, set by a trigger (migration 0004): the export cursor.
+    committed_xid: Mapped[int | None] = mapped_column(Xid8())
 
     __table_args__ = (
         Index(
@@ -76,6 +93,7 @@ class Batch(Base):
             postgresql_where=text("state = 'ingested' AND published_at IS NULL"),
         ),
         Index("ix_batch_state", "state"),
+        Index("ix_batch_committed_xid", "committed_xid", postgresql_where=text("committed_xid IS NOT NULL")),
     )
 
 
@@ -100,3 +118,22 @@ class Trace(Base):
         UniqueConstraint("batch_id", "position", name="uq_trace_batch_id_position"),
         Index("ix_trace_derivation_version", "derivation_version"),
     )
+
+
+class BatchIdConflict(Base):
+    """A delivery that reused a stored batch's id for other traces (after the producer's memory of the id,
+    INGEST_BATCH_KEY_TTL_S, ran out): nothing of it was stored, the batch stays as it was, and this row says so.
+    One row per batch and conflicting content, however often it is delivered."""
+
+    __tablename__ = "batch_conflict"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    batch_id: Mapped[UUID] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
+    #: sha256 of the conflicting traces' canonical JSON (the stored batch's is `batch.content_hash`).
+    content_hash: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(200))
+    trace_count: Mapped[int] = mapped_column(Integer)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("batch_id", "content_hash", name="uq_batch_conflict_batch_id_content_hash"),)

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.tables import Batch, BatchState, Trace
+from services.conflicts import ConflictSeen, find_conflicts
 
 
 class BatchStatus(BaseModel):
@@ -25,6 +26,8 @@ class BatchStatus(BaseModel):
     created_at: datetime
     ingested_at: datetime | None
     published_at: datetime | None
+    #: Deliveries that reused this batch's id for other traces: none of them was stored.
+    conflicts: list[ConflictSeen] = []
 
 
 class StoreTotals(BaseModel):
@@ -34,7 +37,7 @@ class StoreTotals(BaseModel):
 
 
 async def get_batch_status(session: AsyncSession, batch_id: UUID) -> BatchStatus | None:
-    """The batch's state, counts, errors and times; None if no such batch was ever received."""
+    """The batch's state, counts, errors, times and conflicts; None if no such batch was ever received."""
     batch = await session.get(Batch, batch_id)
     if batch is None:
         return None
@@ -51,6 +54,7 @@ async def get_batch_status(session: AsyncSession, batch_id: UUID) -> BatchStatus
         created_at=batch.created_at,
         ingested_at=batch.ingested_at,
         published_at=batch.published_at,
+        conflicts=await find_conflicts(session, batch_id),
     )
 
 

@@ -7,8 +7,11 @@ on first use (keyed by PID, so nothing inherited across a fork is ever reused). 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import secrets
+import socket
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -19,11 +22,27 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.message_parsing import Limits
 from worker.events import RedisStreamPublisher
 from worker.heap import keep_freed_memory_for_reuse
+from worker.heartbeat import current_worker_id
 from worker.redis_connect import connect_async
 from worker.settings import Settings, get_settings, redact
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+#: PostgreSQL keeps at most this many bytes of an application_name (NAMEDATALEN - 1) and cuts the rest.
+APPLICATION_NAME_MAX_BYTES = 63
+
+
+def worker_application_name(pid: int, generation: int) -> str:
+    """The name of one runtime's PostgreSQL sessions, unique across hosts: pool-child PIDs repeat in every
+    container, so ending "this PID's" sessions by a name made of the PID alone would end other pods' sessions
+    too. A hash of the host and worker node (a whole host name would not fit) tells hosts apart, a random token
+    what a hash collision or a reused name would not."""
+    place = hashlib.sha256(f"{socket.gethostname()}|{current_worker_id()}".encode()).hexdigest()[:8]
+    name = f"tunix-ingest worker {place}.{pid}.{generation}.{secrets.token_hex(4)}"
+    if len(name.encode()) > APPLICATION_NAME_MAX_BYTES:  # PostgreSQL would cut the unique end off
+        raise ValueError(f"application_name {name!r} passes PostgreSQL's {APPLICATION_NAME_MAX_BYTES} bytes")
+    return name
 
 
 class Runtime:
@@ -32,8 +51,9 @@ class Runtime:
     def __init__(self, settings: Settings, generation: int = 0) -> None:
         self.settings = settings
         self.pid = os.getpid()
-        #: Names this runtime's connections in pg_stat_activity, so an abandoned runtime's can be ended.
-        self.application_name = f"tunix-ingest worker {self.pid}.{generation}"
+        #: Names this runtime's connections in pg_stat_activity, so an abandoned runtime's can be ended (its
+        #: own only: the name is unique across hosts and runtimes).
+        self.application_name = worker_application_name(self.pid, generation)
         self.loop = asyncio.new_event_loop()
         self.engine: AsyncEngine = create_async_engine(
             settings.database_url.get_secret_value(),

@@ -8,12 +8,17 @@ from pathlib import Path
 from worker.devtools.local_stack import free_port
 from worker.devtools.processes import ChildProcess, api_process
 
+#: The test servers answer anonymous calls from loopback (tests that need tokens set INGEST_API_TOKENS).
+ANONYMOUS_ON_LOOPBACK = {"INGEST_API_ALLOW_ANONYMOUS": "1"}
+
 
 class ApiServer:
     def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process: ChildProcess = api_process(log_dir, self.port, env={**os.environ, **(env or {})})
+        self.process: ChildProcess = api_process(
+            log_dir, self.port, env={**os.environ, **ANONYMOUS_ON_LOOPBACK, **(env or {})}
+        )
 
     def start(self) -> ApiServer:
         self.process.start()

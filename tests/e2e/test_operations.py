@@ -219,6 +219,7 @@ def test_procfile_runs_under_honcho_release_first(database_url: str, tmp_path: P
         **os.environ,
         "FLOWER_PORT": str(free_port()),
         "SWEEP_INTERVAL_S": "1",
+        "INGEST_API_ALLOW_ANONYMOUS": "1",  # the web process on loopback, without tokens
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     release = subprocess.run(
@@ -290,7 +291,7 @@ def test_metrics_endpoint_serves_ingest_figures(worker_process: WorkerProcess, t
     assert "tunix_ingest_traces_stored 12.0" in text
     assert 'tunix_ingest_batches{state="ingested"} 1.0' in text
     assert "tunix_ingest_queue_depth 0.0" in text and "tunix_ingest_unpublished_batches 0.0" in text
-    assert "tunix_ingest_batches_in_transit 0.0" in text and "tunix_ingest_lost_batches_resent 0.0" in text
+    assert "tunix_ingest_batches_in_transit 0.0" in text and "tunix_ingest_lost_batches_resent_total 0.0" in text
 
 
 def test_two_worker_nodes_drain_one_queue_with_every_row_stored_once(

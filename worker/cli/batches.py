@@ -67,7 +67,8 @@ def enqueue(file: BinaryIO, source: str, batch_size: int, wait: bool, timeout: f
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @expected_failures
 def status(batch_id: UUID, as_json: bool) -> None:
-    """Show a batch's state, counts, errors and when it was published."""
+    """Show a batch's state, counts, errors, when it was published, and any other traces sent under its id
+    (conflicts, not stored)."""
     found = with_session(lambda session: get_batch_status(session, batch_id))
     if found is None:
         raise ExpectedFailure(f"no batch {batch_id}")
@@ -75,11 +76,16 @@ def status(batch_id: UUID, as_json: bool) -> None:
         click.echo(json.dumps(json_ready(found)))
         return
     for name, value in found.model_dump().items():
-        if name != "errors":
+        if name not in ("errors", "conflicts"):
             click.echo(f"{name:>14}  {value if value is not None else '-'}")
     for error in found.errors:
         where = "batch" if error.get("trace_index") is None else f"trace {error['trace_index']}"
         click.echo(f"{'error':>14}  {where}: {error.get('field_path')}: {error.get('message')}")
+    for conflict in found.conflicts:  # this id reused for other traces, none of them stored
+        click.echo(
+            f"{'conflict':>14}  {conflict.detected_at}: {conflict.trace_count} traces from {conflict.source} "
+            f"(sha256 {conflict.content_hash}) reused this id and were not stored"
+        )
 
 
 @click.command()

@@ -18,6 +18,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.errors import BatchConflict
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ class EventWatch:
 async def outcome(
     watch: EventWatch, event: asyncio.Future[dict[str, Any]], task_id: str, seconds: float
 ) -> dict[str, Any] | None:
-    """Whichever comes first, the batch's event or its final task result; None after `seconds`."""
+    """Whichever comes first, the batch's event or its final task result; None after `seconds`. Raises
+    `BatchConflict` when the worker found the batch id stored with other traces (nothing of this batch stored)."""
     result: asyncio.Future[dict[str, Any] | None] = asyncio.ensure_future(task_result(watch.redis, task_id))
     signals: set[asyncio.Future[Any]] = {event, result}
     done, pending = await asyncio.wait(signals, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -151,5 +153,7 @@ async def outcome(
             continue
         if finished is event or finished.result() is not None:
             found: dict[str, Any] = finished.result()
+            if found.get("state") == "conflict":  # the id was stored with other traces: 409, as at enqueue time
+                raise BatchConflict(found.get("batch_id"))
             return found
     return None
