@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from models.trace_ids import trace_row_id, trace_uuid
 from tests.conftest import SAMPLE_DATA
 from tests.db import as_received, query, scalar
 from tests.e2e.commands import cli
@@ -26,6 +27,7 @@ from tests.polling import wait_for
 from worker.devtools.local_stack import free_port
 from worker.http_api import create_app
 from worker.http_api.traces import IDEMPOTENCY_NAMESPACE
+from worker.settings import environment
 
 
 def seed_trace(n: int, **changes: Any) -> dict[str, Any]:
@@ -92,7 +94,7 @@ def test_seed_batch_success_answers_the_seeds_201_body_in_input_order(
     body = response.json()
     assert set(body) == {"created_count", "traces"} and body["created_count"] == 5
     rows = query(database_url, "SELECT id, position, created_at, prompt FROM trace ORDER BY position")
-    assert [trace["id"] for trace in body["traces"]] == [row.id for row in rows]
+    assert [trace["id"] for trace in body["traces"]] == [str(trace_uuid(row.id)) for row in rows]
     assert [row.prompt for row in rows] == [trace["prompt"] for trace in traces]
     for answered, row in zip(body["traces"], rows, strict=True):
         assert set(answered) == {"id", "created_at", "trace_version"} and answered["trace_version"] == "1.0"
@@ -257,7 +259,7 @@ def test_the_real_sample_set_through_http_is_stored_losslessly(
     for start in range(0, len(traces), 100):
         response = client.post("/api/traces/batch?wait=30&source=dev-reasoning-v2", json=traces[start : start + 100])
         assert response.status_code == 201, response.text
-        created += [trace["id"] for trace in response.json()["traces"]]
+        created += [trace_row_id(uuid.UUID(trace["id"])) for trace in response.json()["traces"]]
 
     rows = {row.id: row for row in query(database_url, "SELECT * FROM trace")}
     assert len(rows) == len(traces) == 550
@@ -414,12 +416,13 @@ def test_with_tokens_set_every_api_request_needs_one(tmp_path: Path) -> None:
 
 async def test_without_tokens_a_request_from_beyond_loopback_or_through_a_proxy_is_401() -> None:
     transport = httpx.ASGITransport(app=create_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://203.0.113.9:8000") as outside:
-        response = await outside.post("/api/traces/batch", json=[seed_trace(1)])
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as proxied:
-        relayed = await proxied.post(
-            "/api/traces/batch", json=[seed_trace(1)], headers={"X-Forwarded-For": "198.51.100.4"}
-        )
+    with environment(INGEST_API_ALLOW_ANONYMOUS="1"):  # even with the opt-in to anonymous calls
+        async with httpx.AsyncClient(transport=transport, base_url="http://203.0.113.9:8000") as outside:
+            response = await outside.post("/api/traces/batch", json=[seed_trace(1)])
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as proxied:
+            relayed = await proxied.post(
+                "/api/traces/batch", json=[seed_trace(1)], headers={"X-Forwarded-For": "198.51.100.4"}
+            )
 
     for refused in (response, relayed):
         assert refused.status_code == 401 and "INGEST_API_TOKENS" in refused.json()["detail"]

@@ -8,10 +8,12 @@ import math
 import statistics
 import time
 from typing import Any, cast
+from uuid import UUID
 
 import httpx
 import orjson
 
+from models.trace_ids import trace_row_id
 from worker.redis_connect import connect
 
 #: `?wait` requests sent before the measured ones: the first requests a server process handles make its
@@ -71,7 +73,10 @@ def wait_latency_ms(url: str, batches: list[list[dict[str, Any]]], rate: float, 
         answer = await http.post("/api/traces/batch", params={"wait": 30}, content=body, headers=_JSON)
         if answer.status_code != 201:
             raise RuntimeError(f"the API answered {answer.status_code}: {answer.text[:200]}")
-        return started, time.time(), answer.json()["traces"][0]["id"]
+        first_id = trace_row_id(UUID(answer.json()["traces"][0]["id"]))  # ids come in their UUID form
+        if first_id is None:
+            raise RuntimeError(f"the API answered a trace id of another store: {answer.text[:200]}")
+        return started, time.time(), first_id
 
     async def run() -> list[tuple[float, float, int]]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
