@@ -30,6 +30,10 @@ def test_bench_reports_every_figure_as_json() -> None:
     assert figures["redis_mode"] == "single"
     assert figures["rss_start_mib"] > 0 and figures["rss_end_mib"] > 0
     assert figures["traces"] == 2000 and figures["processes"] == 2
+    for form in ("parquet", "jsonl"):  # everything the drain stored, each trace once, read from PostgreSQL alone
+        export = figures["export"][form]
+        assert export["traces"] == 2000 and export["rate"] > 0
+        assert export["ratio"] == export["rate"] / figures["select_rate"]
 
 
 def test_bench_prints_a_table_for_people() -> None:
@@ -50,7 +54,9 @@ def test_bench_prints_a_table_for_people() -> None:
         "follow export to a file (3 consumers)",
         "SELECT ceiling (3 connections",
         "worker RSS",
-        "seed pattern",
+        "tunix-rt backend pattern",
+        "export to Parquet (--all)",
+        "export to JSON Lines (--all)",
         "Redis memory per queued batch",
     ):
         assert label in done.stdout

@@ -13,6 +13,7 @@ import click
 
 from worker.celery_app import app
 from worker.cli.migrate import upgrade_to_head
+from worker.devtools.bench_export import export_rows
 from worker.devtools.bench_run import bench_redis, measure
 from worker.devtools.local_stack import PostgresServer
 from worker.settings import environment
@@ -27,7 +28,7 @@ def _table(f: dict[str, Any]) -> str:
         (f"raw COPY ceiling ({f['processes']} connections)", f"{f['copy_rate']:,.0f} traces/s"),
         ("drain / COPY ratio", f"{f['ratio']:.2f}"),
         (
-            f"seed pattern (ORM add_all, {f['processes']} sessions)",
+            f"tunix-rt backend pattern (ORM add_all, {f['processes']} sessions)",
             f"{f['seed_rate']:,.0f} traces/s on {f['seed_traces']:,} of them; drain is {f['seed_speedup']:.1f}x",
         ),
         ("enqueue rate (1 producer, validated)", f"{f['enqueue_rate']:,.0f} traces/s"),
@@ -44,6 +45,7 @@ def _table(f: dict[str, Any]) -> str:
             f"SELECT ceiling ({f['follow']['parallel']} connections, rows dropped)",
             f"{f['select_rate']:,.0f} traces/s; follow / ceiling {f['follow_ratio']:.2f}",
         ),
+        *export_rows(f),
         ("drain rate in 100-trace batches", f"{f['small_batch_rate']:,.0f} traces/s"),
         (
             "latency enqueue->published at half that",
@@ -96,8 +98,8 @@ def _table(f: dict[str, Any]) -> str:
 def bench(
     trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, redis_mode: str, as_json: bool
 ) -> None:
-    """Measure drain rate against the raw COPY ceiling and the seed pattern, enqueue rate (Python and HTTP),
-    latency (also of the HTTP API's ?wait), worker RSS and Redis memory per queued batch.
+    """Measure drain rate against the raw COPY ceiling and the tunix-rt backend's ORM pattern, enqueue rate
+    (Python and HTTP), latency (also of the HTTP API's ?wait), worker RSS and Redis memory per queued batch.
 
     Runs on its own throwaway PostgreSQL and Redis (fsync off for both paths alike) and removes them after.
     """
@@ -107,7 +109,12 @@ def bench(
         postgres.start()
         with (
             bench_redis(redis_mode, work_dir) as (redis_server, redis_env),
-            environment(DATABASE_URL=postgres.url, INGEST_MAX_QUEUE_DEPTH=str(trace_count), **redis_env),
+            environment(
+                DATABASE_URL=postgres.url,
+                INGEST_MAX_QUEUE_DEPTH=str(trace_count),
+                INGEST_API_ALLOW_ANONYMOUS="1",  # the bench's own loopback API, as `run` has it
+                **redis_env,
+            ),
         ):
             app.conf.update(broker_url=redis_env["REDIS_URL"], result_backend=redis_env["REDIS_URL"])
             upgrade_to_head(postgres.url)

@@ -29,6 +29,7 @@ from worker.devtools.bench_drain import (
     wait_until_published,
     worker_pids,
 )
+from worker.devtools.bench_export import export_rates
 from worker.devtools.bench_follow import follow_rate, select_ceiling
 from worker.devtools.bench_http import HTTP_CLIENTS, WAIT_WARMUP, http_enqueue_rate, wait_latency_ms
 from worker.devtools.bench_seed import seed_pattern_rate
@@ -110,6 +111,8 @@ def measure(
         figures["follow"] = follow_rate(work_dir, FOLLOW_PARALLEL)
         figures["select_rate"] = asyncio.run(select_ceiling(dsn, FOLLOW_PARALLEL))
         figures["follow_ratio"] = figures["follow"]["rate"] / figures["select_rate"]
+        # The same stored traces as a dataset, worker-free: PostgreSQL to files, beside the same ceiling.
+        figures["export"] = export_rates(work_dir, figures["select_rate"])
         # "Half load" for 100-trace batches is half of what the workers drain *in such batches*: a batch's fixed
         # costs (about ten round trips) weigh ten times more than in 1,000-trace batches, so half the bulk
         # drain rate would be close to full load for them, and the latency figure would measure a queue.

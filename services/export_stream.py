@@ -1,0 +1,90 @@
+"""Loading an export's units, in order: on the snapshot's own connection, or on helper connections that share its
+snapshot (as `pg_dump -j` does), several units at once. Reads only, in `open_export_snapshot`'s transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.export_query import ExportUnit, Selection, UnitPlanner, driver
+
+# One unit's traces: each segment's positions of its batch in order, by the unique index on (batch_id, position).
+# `columns` may use the trace's columns unqualified; `joins` may add lateral subqueries over `trace`.
+_LOAD = """
+SELECT {columns}
+FROM unnest($1::uuid[], $2::int[], $3::int[]) WITH ORDINALITY AS chosen(batch_key, first_position, last_position, n)
+CROSS JOIN LATERAL (
+    SELECT * FROM trace
+    WHERE trace.batch_id = chosen.batch_key AND trace.position BETWEEN chosen.first_position AND chosen.last_position
+    ORDER BY trace.position
+) AS trace
+{joins}
+"""
+#: Rows of the first unit, before their size is known; and the most a unit takes, however small the rows.
+FIRST_UNIT_ROWS, MAX_UNIT_ROWS = 64, 20_000
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str | bytes):
+        return len(value)
+    return sum(map(_size, value)) if isinstance(value, list) else 8
+
+
+def _bytes_per_row(rows: Sequence[Any]) -> float:
+    """Average size of a row's values, from a sample of up to 16 rows."""
+    sample = rows[:: max(1, len(rows) // 16)]
+    return sum(_size(value) for row in sample for value in row) / len(sample)
+
+
+async def stream_units(
+    session: AsyncSession,
+    selection: Selection,
+    *,
+    columns: str,
+    unit_bytes: int,
+    joins: str = "",
+    helpers: Sequence[AsyncSession] = (),
+) -> AsyncGenerator[tuple[ExportUnit, list[Any]], None]:
+    """The selected traces, unit by unit in partition order, as asyncpg records of `columns`; each unit about
+    `unit_bytes` (sized from the rows seen so far). Each loader (a helper, else the session itself) loads one
+    unit while the next waits for it, so at most loaders + 1 units are held. The helpers must have joined the
+    session's snapshot (`services.export_cursor.share_snapshot`)."""
+    planner = UnitPlanner(session, selection)
+    own = await driver(session)
+    loaders = [await driver(helper) for helper in helpers] or [own]
+    busy = {id(loader): asyncio.Lock() for loader in [own, *loaders]}  # one statement at a time per connection
+    statement = _LOAD.format(columns=columns, joins=joins)
+    rows_per_unit = FIRST_UNIT_ROWS
+
+    async def load(loader: Any, unit: ExportUnit) -> list[Any]:
+        ids, firsts, lasts = zip(*unit.segments, strict=True)
+        async with busy[id(loader)]:
+            return list(await loader.fetch(statement, list(ids), list(firsts), list(lasts)))
+
+    in_flight: deque[tuple[ExportUnit, asyncio.Future[list[Any]]]] = deque()
+    planned, planning = 0, True
+    try:
+        while True:
+            while planning and len(in_flight) <= len(loaders):
+                async with busy[id(own)]:
+                    unit = await planner.next_unit(rows_per_unit)
+                if unit is None:
+                    planning = False
+                    break
+                in_flight.append((unit, asyncio.ensure_future(load(loaders[planned % len(loaders)], unit))))
+                planned += 1
+            if not in_flight:
+                return
+            unit, loading = in_flight.popleft()
+            rows = await loading
+            if rows:
+                rows_per_unit = max(1, min(MAX_UNIT_ROWS, int(unit_bytes / max(_bytes_per_row(rows), 1.0))))
+            yield unit, rows
+    finally:  # the caller stopped early, or a load failed: drop what is still loading
+        for _, loading in in_flight:
+            loading.cancel()
+        await asyncio.gather(*(loading for _, loading in in_flight), return_exceptions=True)
