@@ -8,9 +8,11 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+import worker.progress  # noqa: F401  (its signal handlers mark progress for `probe worker`, count for `metrics`)
 from worker.beat import REPROCESS_QUEUE, beat_schedule
 from worker.broker_transport import install_in_worker_processes as install_broker_transports
 from worker.flower_guard import install as install_flower_guard
+from worker.heartbeat import APP_NAME, Heartbeat
 from worker.redis_connect import celery_redis_options, refuse_unusable_url_in_celery_commands
 from worker.settings import Settings, get_settings
 from worker.wire import BODY_ENCODING
@@ -118,7 +120,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 install_flower_guard()
 install_broker_transports()
 refuse_unusable_url_in_celery_commands()
-app = Celery(
-    "tunix_ingest", include=["worker.tasks", "worker.scheduled_tasks", "worker.redis_policy", "worker.heartbeat"]
-)
+app = Celery(APP_NAME, include=["worker.tasks", "worker.scheduled_tasks", "worker.redis_policy", "worker.heartbeat"])
 app.add_defaults(lambda: celery_config(get_settings()))
+# A bootstep, so that every way of starting a worker beats (not only the `celery worker` command).
+app.steps["worker"].add(Heartbeat)

@@ -22,6 +22,8 @@ COMMANDS = {
     "metrics": "worker.cli.ops",
     "bench": "worker.cli.bench",
     "follow": "worker.cli.follow",
+    "export": "worker.cli.export",
+    "probe": "worker.cli.probe",
 }
 
 

@@ -43,13 +43,19 @@ def stats(as_json: bool) -> None:
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-def metrics(port: int, address: str) -> None:
+@click.option(
+    "--redis-memory-budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Bytes of Redis memory to alert against [default: Redis maxmemory if set, else 4.5 GB].",
+)
+def metrics(port: int, address: str, redis_memory_budget: int | None) -> None:
     """Serve ingest metrics for Prometheus at http://ADDRESS:PORT/metrics until interrupted."""
     from prometheus_client import REGISTRY, start_http_server
 
     from worker.cli.metrics import IngestCollector
 
-    REGISTRY.register(IngestCollector())
+    REGISTRY.register(IngestCollector(redis_memory_budget))
     start_http_server(port, addr=address)
     click.echo(f"serving ingest metrics on http://{address}:{port}/metrics")
     while True:

@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from worker.http_api import status, traces
+from worker.http_api import jsonl_upload, reads, status, traces
+from worker.http_api.auth import warn_about_access
 from worker.http_api.errors import install_error_handlers
+from worker.http_api.export_route import router as export_router
 from worker.http_api.waiting import EventWatch
 from worker.redis_connect import connect_async
 from worker.settings import get_settings
@@ -19,6 +21,7 @@ from worker.settings import get_settings
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    warn_about_access()
     app.state.engine = create_async_engine(
         settings.database_url.get_secret_value(), pool_size=settings.db_pool_size, pool_pre_ping=True
     )
@@ -51,11 +54,14 @@ def create_app() -> FastAPI:
     """The HTTP enqueue API of PRODUCT.md §4b (`uvicorn --factory worker.http_api:create_app`)."""
     app = FastAPI(
         title="tunix-rt ingest",
-        summary="Enqueue batches of reasoning traces; a drop-in for the seed project's batch endpoint.",
+        summary="Enqueue batches of reasoning traces; a drop-in for the tunix-rt backend's trace routes.",
         lifespan=_lifespan,
     )
     app.include_router(traces.router)
+    app.include_router(jsonl_upload.router)
     app.include_router(status.router)
+    app.include_router(reads.router)
+    app.include_router(export_router)
     install_error_handlers(app)
     _with_trace_schemas(app)
     return app

@@ -1,0 +1,123 @@
+"""What workers record as they go (worker.progress, driven here through Celery's own signals) reaches
+`tunix-ingest metrics` under Prometheus' naming conventions, and every metric the dashboard and the alerts name
+is exported."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+from celery import signals
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.monitoring_files import referenced_metrics
+from worker import progress
+from worker.cli.metrics import IngestCollector
+from worker.cli.worker_nodes import DOWN_SINCE, FORGET_AFTER_S
+from worker.heartbeat import heartbeat_key
+
+NODE = "itest@host"
+
+
+def scrape(budget: float | None = None) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """sample name → {sorted labels → value} of one scrape."""
+    registry = CollectorRegistry()
+    registry.register(IngestCollector(budget))
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def finish(kwargs: dict[str, Any], retval: object, state: str = "SUCCESS") -> None:
+    """An ingest task ends in a pool process. (The task is imported here: a Celery task in a test module's
+    namespace is touched by pytest's collection, which would configure the app before the test servers exist.)"""
+    from worker.tasks import ingest_batch
+
+    signals.task_postrun.send(
+        sender=ingest_batch, task=ingest_batch, task_id="t", args=(), kwargs=kwargs, retval=retval, state=state
+    )
+
+
+def take_task() -> None:
+    """A message taken from the queue, in the worker's main process; marks are at most one a second per
+    process, so the test forgets the previous one first."""
+    progress._last_mark = 0.0
+    signals.task_received.send(sender=None, request=SimpleNamespace(name="reprocess.sweep"))
+
+
+@pytest.fixture
+def worker_id(monkeypatch: pytest.MonkeyPatch) -> str:
+    """This process poses as a worker node's process (the identity worker.heartbeat gives it at start)."""
+    identity = f"{NODE}#4242#{int(time.time()) - 60}"
+    monkeypatch.setenv("TUNIX_INGEST_WORKER_ID", identity)
+    monkeypatch.setattr(progress, "_last_mark", 0.0)
+    return identity
+
+
+def test_finished_batches_feed_the_counters_and_the_latency_histogram(worker_id: str, redis_url: str) -> None:
+    enqueued = (datetime.now(UTC) - timedelta(seconds=3)).isoformat()
+    message = {"batch_id": str(uuid.uuid4()), "enqueued_at": enqueued}
+    finish(message, {"state": "ingested", "count": 20, "published": True})
+    finish(message, {"state": "ingested", "count": 10, "published": False})  # the sweep announces this one
+    finish(message, {"state": "failed", "count": 5})
+    finish(message, {"state": "rejected", "count": 5})
+    finish(message, RuntimeError("retry"), state="RETRY")  # a retry is no outcome
+    take_task()
+
+    metrics = scrape()
+    assert metrics["tunix_ingest_batches_ingested_total"][()] == 2
+    assert metrics["tunix_ingest_traces_ingested_total"][()] == 30
+    parked = metrics["tunix_ingest_batches_parked_total"]
+    assert parked[(("state", "failed"),)] == 1 and parked[(("state", "rejected"),)] == 1
+    buckets = metrics["tunix_ingest_enqueue_to_published_seconds_bucket"]
+    assert buckets[(("le", "2.5"),)] == 0 and buckets[(("le", "5.0"),)] == 1 and buckets[(("le", "+Inf"),)] == 1
+    assert metrics["tunix_ingest_enqueue_to_published_seconds_count"][()] == 1
+    assert 3 <= metrics["tunix_ingest_enqueue_to_published_seconds_sum"][()] < 10
+    progress_at = metrics["tunix_ingest_worker_last_progress_timestamp_seconds"][(("node", NODE),)]
+    assert abs(progress_at - time.time()) < 5
+
+
+def test_a_node_is_up_while_it_beats_down_after_a_crash_and_gone_after_a_clean_stop(
+    worker_id: str, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    take_task()  # registers the node
+    client.set(heartbeat_key(worker_id), int(time.time()), ex=10)
+    assert scrape()["tunix_ingest_worker_up"] == {(("node", NODE),): 1.0}
+
+    client.delete(heartbeat_key(worker_id))  # it died: the key expired and no clean shutdown forgot it
+    assert scrape()["tunix_ingest_worker_up"] == {(("node", NODE),): 0.0}
+    client.hset(DOWN_SINCE, NODE, time.time() - FORGET_AFTER_S - 1)  # an hour later
+    assert "tunix_ingest_worker_up" not in scrape()
+    assert not client.hexists(progress.NODES, NODE)
+
+    take_task()
+    assert scrape()["tunix_ingest_worker_up"] == {(("node", NODE),): 0.0}  # back in the registry, not beating
+    progress._on_worker_shutdown()  # a clean stop: not an outage, no series left to alert on
+    assert "tunix_ingest_worker_up" not in scrape()
+
+
+def test_every_metric_the_dashboard_and_the_alerts_name_is_exported(worker_id: str, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.xgroup_create("traces:ingested", "dashboards", id="0", mkstream=True)
+    take_task()
+    client.set(heartbeat_key(worker_id), int(time.time()), ex=10)
+    metrics = scrape(budget=123456789)
+    ours = {name for name in referenced_metrics() if name.startswith("tunix_ingest_")}
+    assert ours - set(metrics) == set()
+    assert metrics["tunix_ingest_redis_memory_budget_bytes"][()] == 123456789
+    assert metrics["tunix_ingest_lost_batches_resent_total"][()] == 0  # counters end in _total
+    assert metrics["tunix_ingest_bodies_missing_total"][()] == 0
+    assert metrics["tunix_ingest_consumer_lag"] == {(("group", "dashboards"),): 0.0}
+    assert metrics["tunix_ingest_consumer_short_batches_total"] == {(("group", "dashboards"),): 0.0}
+    # Labels take bounded values only: batch states, consumer groups, worker nodes and histogram bounds.
+    label_names = {name for samples in metrics.values() for labels in samples for name, _ in labels}
+    assert label_names <= {"state", "group", "node", "le"}
