@@ -56,7 +56,8 @@ async def stream_units(
     planner = UnitPlanner(session, selection)
     own = await driver(session)
     loaders = [await driver(helper) for helper in helpers] or [own]
-    busy = {id(loader): asyncio.Lock() for loader in [own, *loaders]}  # one statement at a time per connection
+    # Never two statements at once on one connection, nor on the session that owns it (M10 guardrails).
+    busy = {id(loader): asyncio.Lock() for loader in [own, *loaders]}
     statement = _LOAD.format(columns=columns, joins=joins)
     rows_per_unit = FIRST_UNIT_ROWS
 

@@ -38,15 +38,12 @@ The producer's side is `custody_accept`, the search for lost records `custody_re
 
 from __future__ import annotations
 
-import logging
 from typing import Any, NamedTuple, cast
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from worker.client import custody_scripts as scripts
-
-log = logging.getLogger(__name__)
 
 PREFIX = "ingest:custody"
 SEQ, WAITING, TAKEN, HORIZON, RESENT, BODIES_MISSING, OWNERS, RECORDS = (

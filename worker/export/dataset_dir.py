@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from services.export_cursor import ExportRefused
-from worker.export.manifest import Manifest, read_manifest, write_manifest
+from worker.export.manifest import Manifest, write_manifest
 
 MANIFESTS, STAGING, LOCK = "__manifests__", ".staging", ".export.lock"
 _MANIFEST = re.compile(r"run-(\d{5,})\.json")
@@ -92,10 +92,6 @@ class DatasetDirectory:
             [path for path in folder.glob("run-*.json") if _MANIFEST.fullmatch(path.name)] if folder.is_dir() else []
         )
         return sorted(found, key=lambda path: int(path.name[4:-5]))
-
-    def latest(self) -> Manifest | None:
-        paths = self.manifest_paths()
-        return read_manifest(paths[-1]) if paths else None
 
     def check_fresh(self) -> None:
         """Refuse a directory that holds a completed export, or anything that is not an export's."""

@@ -13,7 +13,8 @@ deploy, an operator's SQL) stamps it alike. xid8 is the 64-bit transaction id, w
 
 The column is added without a default (no table rewrite); rows stored before it stay NULL: they committed before
 this migration and so before any export's snapshot, so a first export takes them and a resumed one never
-needs them. The partial index holds only stamped rows, so building it on an existing table takes a moment.
+needs them. The partial index holds only stamped rows; building it scans `batch` (one row per batch, not per
+trace) while writes to it wait: a moment even for a large store.
 """
 
 from collections.abc import Sequence
