@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import pytest
@@ -17,13 +16,6 @@ from tests.streams import GROUP, STREAM, announced_twice, group_reader, one_even
 from worker.client.consumer import follow_ingested_async
 from worker.client.consumer_group import handled_key, holders_key
 from worker.client.consumer_statements import HANDLED, HELD, TAKEN
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_a_second_event_waits_while_the_first_is_held_and_the_batch_survives_its_holder(

@@ -4,9 +4,7 @@ the group holds (issue #18: it re-read that entry 38k times in 12 s, and never c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,13 +16,6 @@ from worker.client.consumer_statements import HELD, TAKEN
 COMMANDS_AT_MOST = 300
 #: A consumer that idles out takes about four seconds here.
 DEADLINE_S = 10
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_a_restarted_consumer_whose_own_entry_is_held_claims_reads_new_entries_waits_and_idles_out(

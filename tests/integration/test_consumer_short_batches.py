@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,13 +24,6 @@ FORMS: dict[str, tuple[Callable[..., Any], Callable[[Any], int]]] = {
     "rows": (follow_ingested_async, lambda batch: len(batch.traces)),
     "lines": (follow_ingested_lines_async, lambda batch: len(batch.lines)),
 }
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def counted_short(redis_url: str, times: int, handing: asyncio.Future[Any], *, timeout_s: float = 10) -> None:

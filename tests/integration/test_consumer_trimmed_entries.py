@@ -4,7 +4,6 @@ no in-flight record behind, whoever notices them (issue #18)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import cast
 
 import pytest
@@ -14,13 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tests.streams import GROUP, STREAM, Entry, group_reader, stored_batches
 from worker.client.consumer_group import holders_key
 from worker.client.consumer_statements import TAKEN
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.mark.parametrize("noticed_by", ["holder", "other"], ids=["its holder started again", "another's claim"])
