@@ -49,6 +49,9 @@ def test_every_alert_waits_before_firing_and_names_its_severity_and_runbook() ->
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}
         assert rule["annotations"]["runbook"] == f"docs/operations.md#alerts: {rule['alert']}"
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    operations = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    runbook = operations[operations.index("### Alerts") :]
+    assert [name for name in names if f"\n| {name} " not in runbook] == []  # a runbook line for each
 
 
 def test_the_dashboard_is_grafana_json_on_the_provisioned_datasource() -> None:
