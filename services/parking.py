@@ -19,6 +19,7 @@ from services.errors import BatchRejected, TraceError
 from services.ingest import announce_if_stored
 from services.message_parsing import Limits, body_missing, envelope, failed_payload, parse_delivery
 from services.publish import Publisher
+from services.validation import body_of
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _unread_content_hash(message: Any, raw_payload: str) -> str:
             return named
         if isinstance(traces := message.get("traces"), list):
             try:
-                return hashlib.sha256(orjson.dumps(traces, option=orjson.OPT_SORT_KEYS)).hexdigest()
+                return hashlib.sha256(body_of(traces)).hexdigest()
             except (TypeError, orjson.JSONEncodeError):
                 pass
     return payload_hash(raw_payload)

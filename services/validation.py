@@ -87,6 +87,12 @@ def _least_json_size(trace: Any) -> int:
         return 0
 
 
+def body_of(traces: Sequence[object]) -> bytes:
+    """The batch body of `traces`: compact JSON with sorted keys, what the content hash is of. Raises
+    `TypeError` or `orjson.JSONEncodeError` for what JSON cannot hold (validation then names it)."""
+    return orjson.dumps(traces, option=orjson.OPT_SORT_KEYS, default=_encode_model)
+
+
 def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
     """The batch body, or None when some trace cannot be encoded (validation then names it).
 
@@ -100,7 +106,7 @@ def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
         if least > max_bytes:
             raise _too_big(f"more than {max_bytes}", max_bytes)
     try:
-        body = orjson.dumps(traces, option=orjson.OPT_SORT_KEYS, default=_encode_model)
+        body = body_of(traces)
     except (TypeError, orjson.JSONEncodeError):
         return None
     if len(body) > max_bytes:
