@@ -70,7 +70,13 @@ class Runtime:
             socket_connect_timeout=5,
             health_check_interval=30,
         )
-        self.publisher = RedisStreamPublisher(self.redis, settings.ingest_events_stream, settings.ingest_events_maxlen)
+        self.publisher = RedisStreamPublisher(
+            self.redis,
+            settings.ingest_events_stream,
+            settings.ingest_events_maxlen,
+            replicas=settings.ingest_redis_min_replicas,
+            replica_timeout_ms=settings.ingest_redis_replica_timeout_ms,
+        )
         self.limits = Limits(settings.ingest_max_batch, settings.ingest_max_batch_bytes, settings.max_deliveries)
 
     def session(self) -> AsyncSession:

@@ -165,6 +165,21 @@ async def test_unreachable_stream_leaves_the_batch_stored_but_unpublished(
     assert stored is not None and stored.published_at is None
 
 
+async def test_an_event_short_of_its_replicas_leaves_the_batch_unpublished_for_the_sweep(
+    sessions: async_sessionmaker[AsyncSession], redis_client: Redis
+) -> None:
+    """With INGEST_REDIS_MIN_REPLICAS, an event no replica confirmed is not "out": a failover could lose it."""
+    batch = make_batch(list(generate_traces(3)))
+    unreplicated = RedisStreamPublisher(redis_client, STREAM, 100, replicas=1, replica_timeout_ms=50)
+    async with sessions() as session:
+        result = await ingest_batch(session, batch, publisher=unreplicated)
+
+    assert result.count == 3 and not result.published
+    async with sessions() as session:
+        stored = await session.get(Batch, batch.batch_id)
+    assert stored is not None and stored.published_at is None
+
+
 async def test_concurrent_duplicate_deliveries_store_one_copy(
     sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher
 ) -> None:
