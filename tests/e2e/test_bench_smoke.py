@@ -60,3 +60,22 @@ def test_bench_prints_a_table_for_people() -> None:
         "Redis memory per queued batch",
     ):
         assert label in done.stdout
+
+
+def test_growth_mode_measures_each_level_and_the_disk_per_million() -> None:
+    done = cli(
+        "bench", "--traces", "1000", "--batch-size", "500", "--rounds", "2", "--growth", "0,4000", "--json", timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    first, grown = figures["levels"]
+    assert first["stored_before"] == 0 and first["vs_first"] == 1
+    assert grown["stored_before"] >= 4000 and "fill_s" not in first and grown["fill_s"] >= 0
+    assert grown["vs_first"] == grown["rate"] / first["rate"]
+    for level in (first, grown):
+        assert len(level["rates"]) == 2 and level["rate"] > 0
+        assert level["postgresql_us"] > 0 and level["workers_us"] > 0
+    assert figures["stored_after"] == grown["stored_before"] + 2 * 1000  # each round drained its traces once
+    disk = figures["disk_mib_per_million"]
+    assert {"table", "TOAST", "pk_trace", "uq_trace_batch_id_position", "ix_trace_derivation_version"} <= set(disk)
+    assert disk["table"] > 0 and disk["pk_trace"] > 0

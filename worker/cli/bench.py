@@ -14,7 +14,8 @@ import click
 from worker.celery_app import app
 from worker.cli.migrate import upgrade_to_head
 from worker.devtools.bench_export import export_rows
-from worker.devtools.bench_run import bench_redis, measure
+from worker.devtools.bench_growth import DEFAULT_LEVELS, growth_table, measure_growth
+from worker.devtools.bench_run import BENCH_PADDING, bench_redis, measure
 from worker.devtools.local_stack import PostgresServer
 from worker.settings import environment
 
@@ -68,6 +69,20 @@ def _table(f: dict[str, Any]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def _levels(_context: click.Context, _parameter: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not value:
+        return DEFAULT_LEVELS
+    try:
+        levels = tuple(int(level.replace("_", "")) for level in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of row counts") from None
+    if any(level < 0 for level in levels) or list(levels) != sorted(levels):
+        raise click.BadParameter("row counts must be 0 or more, in increasing order")
+    return levels
+
+
 @click.command()
 @click.option("--traces", "trace_count", type=click.IntRange(1000), default=100_000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1000), default=1000, show_default=True)
@@ -94,12 +109,33 @@ def _table(f: dict[str, Any]) -> str:
     show_default=True,
     help="single: one Redis; sentinel: a master, 2 replicas and 3 Sentinels, INGEST_REDIS_MIN_REPLICAS=1.",
 )
+@click.option(
+    "--growth",
+    "growth_levels",
+    callback=_levels,
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="ROWS,ROWS,...",
+    help="Instead of the figures above: the drain rate and PostgreSQL's CPU per trace with this many traces "
+    f"already stored (bare --growth takes {','.join(map(str, DEFAULT_LEVELS))}), and disk per million traces.",
+)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Drains per --growth level.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(
-    trace_count: int, batch_size: int, processes: int, pool: str, latency_batches: int, redis_mode: str, as_json: bool
+    trace_count: int,
+    batch_size: int,
+    processes: int,
+    pool: str,
+    latency_batches: int,
+    redis_mode: str,
+    growth_levels: tuple[int, ...] | None,
+    rounds: int,
+    as_json: bool,
 ) -> None:
     """Measure drain rate against the raw COPY ceiling and the tunix-rt backend's ORM pattern, enqueue rate
-    (Python and HTTP), latency (also of the HTTP API's ?wait), worker RSS and Redis memory per queued batch.
+    (Python and HTTP), latency (also of the HTTP API's ?wait), worker RSS and Redis memory per queued batch;
+    or, with --growth, how the drain holds up as the trace table grows.
 
     Runs on its own throwaway PostgreSQL and Redis (fsync off for both paths alike) and removes them after.
     """
@@ -119,18 +155,24 @@ def bench(
             app.conf.update(broker_url=redis_env["REDIS_URL"], result_backend=redis_env["REDIS_URL"])
             upgrade_to_head(postgres.url)
             started = time.perf_counter()
-            figures = measure(
-                trace_count,
-                batch_size,
-                processes,
-                pool,
-                latency_batches,
-                work_dir,
-                (postgres, redis_server),
-                redis_mode,
-            )
+            if growth_levels is not None:
+                figures = measure_growth(
+                    growth_levels, trace_count, batch_size, processes, pool, rounds, work_dir, postgres, BENCH_PADDING
+                )
+            else:
+                figures = measure(
+                    trace_count,
+                    batch_size,
+                    processes,
+                    pool,
+                    latency_batches,
+                    work_dir,
+                    (postgres, redis_server),
+                    redis_mode,
+                )
             figures["bench_seconds"] = time.perf_counter() - started
     finally:
         postgres.remove()
         shutil.rmtree(work_dir, ignore_errors=True)
-    click.echo(json.dumps(figures) if as_json else _table(figures))
+    table = _table if growth_levels is None else growth_table
+    click.echo(json.dumps(figures) if as_json else table(figures))

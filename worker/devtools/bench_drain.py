@@ -25,10 +25,12 @@ def start_workers(log_dir: Path, processes: int, pool: str) -> list[ChildProcess
         nodes = [worker_process("bench", log_dir, concurrency=processes)]
     else:
         nodes = [worker_process(f"bench{index}", log_dir, concurrency=1, pool="solo") for index in range(processes)]
+    # A node started again appends to its log: only a "ready" written after this start counts.
+    log_ends = [node.log_path.stat().st_size if node.log_path.exists() else 0 for node in nodes]
     for node in nodes:
         node.start()
-    for node in nodes:
-        node.wait_for_log(b" ready.")
+    for node, since in zip(nodes, log_ends, strict=True):
+        node.wait_for_log(b" ready.", since=since)
     return nodes
 
 
