@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.tables import BatchIdConflict
-from services.ingest import BatchIn
+from services.validation import BatchIn
 
 
 class ConflictSeen(BaseModel):
@@ -34,9 +34,9 @@ async def record_conflict(session: AsyncSession, batch: BatchIn) -> None:
         insert(BatchIdConflict)
         .values(
             batch_id=batch.batch_id,
-            content_hash=batch.content_hash,
+            content_hash=batch.valid.content_hash,
             source=batch.source,
-            trace_count=len(batch.traces),
+            trace_count=len(batch.valid.traces),
             enqueued_at=batch.enqueued_at,
         )
         .on_conflict_do_nothing(index_elements=[BatchIdConflict.batch_id, BatchIdConflict.content_hash])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import select
@@ -17,20 +16,9 @@ from models.tables import Batch, BatchState, Trace
 from models.trace_rows import TRACE_COLUMNS, trace_records
 from services.errors import BatchConflict
 from services.publish import Publisher, publish_result
+from services.validation import BatchIn
 
 log = logging.getLogger(__name__)
-
-
-class BatchIn(NamedTuple):
-    """A batch whose traces passed validation, ready to store."""
-
-    batch_id: UUID
-    source: str
-    traces: list[dict[str, Any]]
-    content_hash: str
-    enqueued_at: datetime | None = None
-    #: The traces as the body JSON they were validated from (kept when a batch is parked as `failed`).
-    body: bytes = b""
 
 
 async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
@@ -44,7 +32,7 @@ async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-        Trace.__tablename__, records=trace_records(batch.batch_id, batch.traces), columns=TRACE_COLUMNS
+        Trace.__tablename__, records=trace_records(batch.batch_id, batch.valid.traces), columns=TRACE_COLUMNS
     )
 
 
@@ -69,8 +57,8 @@ async def claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> d
         id=batch.batch_id,
         source=batch.source,
         state=BatchState.INGESTED,
-        trace_count=len(batch.traces),
-        content_hash=batch.content_hash,
+        trace_count=len(batch.valid.traces),
+        content_hash=batch.valid.content_hash,
         attempts=attempts,
         enqueued_at=batch.enqueued_at,
         ingested_at=func.now(),
@@ -115,7 +103,7 @@ async def ingest_batch(
                 )
             )
         ).one()
-        if existing.content_hash != batch.content_hash:
+        if existing.content_hash != batch.valid.content_hash:
             await session.rollback()
             raise BatchConflict(batch.batch_id)
         if existing.state == BatchState.REJECTED:

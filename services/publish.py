@@ -33,7 +33,7 @@ def _iso(moment: datetime | None) -> str:
     return moment.isoformat() if moment else ""
 
 
-def event_fields(result: IngestResult) -> dict[str, str]:
+def build_event_fields(result: IngestResult) -> dict[str, str]:
     """The stream entry of one batch (event v2, compact): the ids of its stored rows in position order and the
     one database time they share, for consumers to load the rows with one SELECT. ~7 KB for 1,000 traces."""
     return {
@@ -62,7 +62,7 @@ async def publish_result(session: AsyncSession, result: IngestResult, *, publish
     the stored rows are untouched. Safe to run again: consumers dedupe events by `batch_id`.
     """
     try:
-        await publisher.publish(event_fields(result))
+        await publisher.publish(build_event_fields(result))
     except PublishFailed as error:
         log.warning("batch %s stored but not published yet (%s); the sweep will publish it", result.batch_id, error)
         return result

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
+from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -31,6 +33,15 @@ class ValidatedBatch(NamedTuple):
     #: The batch body: the traces as compact JSON with sorted keys, what the hash is of. Encoded once by the
     #: producer, stored once in custody, validated from these bytes by the worker.
     body: bytes
+
+
+class BatchIn(NamedTuple):
+    """A validated batch under the identity its message gives it: ready to store."""
+
+    batch_id: UUID
+    source: str
+    valid: ValidatedBatch
+    enqueued_at: datetime | None = None
 
 
 def _plain(trace: object) -> object:

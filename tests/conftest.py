@@ -17,11 +17,11 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-import worker.scheduled_tasks
-import worker.tasks  # noqa: F401
+import worker.edge.scheduled_jobs
+import worker.edge.tasks  # noqa: F401
 from tests.db import query
 from worker.cli.migrate import upgrade_to_head
-from worker.devtools.local_stack import PostgresServer, RedisServer
+from worker.localstack.servers import PostgresServer, RedisServer
 from worker.settings import environment
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -18,8 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from services.export_query import ExportFilters
-from services.ingest import BatchIn, ingest_batch
-from services.validation import validate_traces
+from services.ingest import ingest_batch
+from services.validation import BatchIn, validate_traces
 from worker.export.dataset_dir import DatasetDirectory
 from worker.export.manifest import Format, Manifest
 from worker.export.run import export_to
@@ -56,7 +56,7 @@ class Unpublished:
 
 def batch_in(traces: list[dict[str, Any]], source: str = "tests", batch_id: uuid.UUID | None = None) -> BatchIn:
     valid = validate_traces(traces, max_batch=1000, max_bytes=8 * 1024 * 1024)
-    return BatchIn(batch_id or uuid.uuid4(), source, valid.traces, valid.content_hash)
+    return BatchIn(batch_id or uuid.uuid4(), source, valid)
 
 
 async def store(

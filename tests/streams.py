@@ -11,11 +11,11 @@ import redis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.ingest import BatchIn, ingest_batch
-from services.validation import validate_traces
+from services.ingest import ingest_batch
+from services.validation import BatchIn, validate_traces
 from worker.client.consumer_group import GroupReader
-from worker.devtools.sample_traces import generate_traces
-from worker.events import RedisStreamPublisher
+from worker.edge.publisher import RedisStreamPublisher
+from worker.localstack.sample_traces import generate_traces
 
 STREAM = "traces:ingested"
 #: The consumer group the group tests read with.
@@ -49,7 +49,7 @@ async def stored_batches(
     for seed in range(count):
         async with sessions() as session:
             valid = validate_traces(list(generate_traces(traces, seed=seed)), max_batch=1000, max_bytes=1 << 23)
-            batch = BatchIn(uuid.uuid4(), "tests", valid.traces, valid.content_hash)
+            batch = BatchIn(uuid.uuid4(), "tests", valid)
             await ingest_batch(session, batch, publisher=RedisStreamPublisher(redis, STREAM, 100))
         ((entry_id, _),) = cast(list[Entry], await redis.xrevrange(STREAM, count=1))
         entries.append(entry_id)

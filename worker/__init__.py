@@ -1,9 +1,5 @@
-"""tunix-rt ingest's edge: the Celery app (`celery -A worker ...`), the producer and consumer APIs, the CLI.
-
-The tree, by purpose: this package's modules are the Celery edge (app, tasks, per-process runtime, beat,
-settings, wire format, Redis connections); `client/` is what applications import (enqueue, JSONL, custody,
-consumers); `http_api/` the HTTP enqueue API; `cli/` the `tunix-ingest` commands and their helpers;
-`devtools/` the local stack and the bench.
+"""tunix-rt ingest's edge: the Celery app (`celery -A worker ...`) and the public API. Its packages, by purpose,
+are listed in docs/architecture.md ("Modules").
 
 The names below are imported on first use (PEP 562): `import worker.cli.follow` or `from worker import
 follow_ingested` does not build the Celery app, which alone takes most of a command's start-up; `worker.app`
@@ -17,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from services.errors import BatchConflict, BatchRejected, EnqueueFailed, IngestError, QueueFull, TraceError
-    from worker.celery_app import app
     from worker.client.consumer import (
         IngestedBatch,
         IngestedLines,
@@ -26,10 +21,11 @@ if TYPE_CHECKING:
         follow_ingested_lines_async,
     )
     from worker.client.enqueue import BatchReceipt, enqueue_batch, enqueue_batch_async
+    from worker.edge.app import app
 
 _HOMES = {
     "services.errors": ["BatchConflict", "BatchRejected", "EnqueueFailed", "IngestError", "QueueFull", "TraceError"],
-    "worker.celery_app": ["app"],
+    "worker.edge.app": ["app"],
     "worker.client.consumer": [
         "IngestedBatch",
         "IngestedLines",

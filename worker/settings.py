@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     ingest_batch_key_ttl_s: int = Field(7 * 24 * 3600, ge=60)
 
     #: Redis redelivers an unacked message after this long: the recovery bound for a dead worker host.
-    #: Must stay above the longest task plus the longest retry delay (checked in `worker.celery_config`).
+    #: Must stay above the longest task plus the longest retry delay (checked in `worker.edge.app.celery_config`).
     visibility_timeout_s: int = Field(300, ge=10)
     #: How often a worker looks for unacked messages older than the visibility timeout (one ZRANGE).
     #: A dead host's batches come back within visibility_timeout_s + unacked_restore_interval_s (plus, if the
@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(1000, ge=1)
     worker_max_memory_per_child_kb: int = Field(512 * 1024, ge=1024)
     db_pool_size: int = Field(2, ge=1)
+
+    @property
+    def unacked_mutex_expire_s(self) -> int:
+        """How long the lock of kombu's unacked-message scan outlives a worker that died holding it."""
+        return max(10, 2 * self.unacked_restore_interval_s)
 
     #: Bearer tokens of the HTTP API, comma-separated. When set, every /api request needs one; without them
     #: every /api request is refused (401) unless INGEST_API_ALLOW_ANONYMOUS is set.

@@ -13,7 +13,7 @@ import contextlib
 import threading
 from typing import Any, cast
 
-from worker.devtools.local_stack import LOOPBACK
+from worker.localstack.servers import LOOPBACK
 
 
 class BlackholeProxy:

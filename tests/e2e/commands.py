@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from worker.devtools.processes import cli_command
+from worker.localstack.processes import cli_command
 
 
 def cli(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.workers import WorkerProcess
-from worker.devtools.processes import ChildProcess, celery_command
+from worker.localstack.processes import ChildProcess, celery_command
 
 #: Short timeouts so that crash recovery happens within a test's patience; the visibility timeout still
 #: exceeds the task time limit plus the longest retry delay, as the settings insist.

@@ -11,16 +11,16 @@ def test_bench_reports_every_figure_as_json() -> None:
     done = cli("bench", "--traces", "2000", "--batch-size", "500", "--latency-batches", "10", "--json", timeout=300)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
-    for rate in ("drain_rate", "copy_rate", "enqueue_rate", "seed_rate", "small_batch_rate", "http_enqueue_rate"):
+    for rate in ("drain_rate", "copy_rate", "enqueue_rate", "backend_rate", "small_batch_rate", "http_enqueue_rate"):
         assert figures[rate] > 0
     assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
-    assert figures["seed_speedup"] == figures["drain_rate"] / figures["seed_rate"]
+    assert figures["backend_speedup"] == figures["drain_rate"] / figures["backend_rate"]
     assert figures["follow"]["rate"] > 0 and figures["select_rate"] > 0
     assert 0 < figures["follow"]["seconds"] < figures["follow"]["wall_s"]
     assert figures["follow_ratio"] == figures["follow"]["rate"] / figures["select_rate"]
     assert figures["follow"]["traces"] == figures["follow"]["lines"] == 2000  # the drain's, each once
     assert figures["follow"]["parallel"] == 3
-    assert figures["seed_traces"] == 2000  # the whole (small) run: the cap is 20,000
+    assert figures["backend_traces"] == 2000  # the whole (small) run: the cap is 20,000
     assert 0.5 < figures["redis_memory_ratio"] < 5  # a measured ratio of real memory to real bodies
     assert figures["latency_ms"]["batches"] == 10
     assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]
@@ -79,3 +79,6 @@ def test_growth_mode_measures_each_level_and_the_disk_per_million() -> None:
     disk = figures["disk_mib_per_million"]
     assert {"table", "TOAST", "pk_trace", "uq_trace_batch_id_position", "ix_trace_derivation_version"} <= set(disk)
     assert disk["table"] > 0 and disk["pk_trace"] > 0
+    retention = figures["retention"]  # the oldest tenth of what is stored, deleted with its batches
+    assert 0 < retention["traces_deleted"] <= figures["stored_after"] // 10
+    assert retention["delete_s"] > 0 and retention["vacuum_s"] > 0

@@ -16,11 +16,11 @@ from tests.db import query, scalar
 from tests.e2e.conftest import StartWorker
 from tests.polling import wait_for
 from tests.streams import events_by_batch
-from worker import app, enqueue_batch
-from worker.client import custody
-from worker.devtools.processes import worker_command
-from worker.devtools.sample_traces import generate_traces
-from worker.wire import task_kwargs_of
+from worker import app, enqueue_batch, keys
+from worker.custody import records as custody
+from worker.edge.wire import task_kwargs_of
+from worker.localstack.processes import worker_command
+from worker.localstack.sample_traces import generate_traces
 
 
 def enqueue_v1_backlog(client: redis.Redis, batches: int, size: int) -> list[dict[str, Any]]:
@@ -34,8 +34,8 @@ def enqueue_v1_backlog(client: redis.Redis, batches: int, size: int) -> list[dic
             "traces": list(generate_traces(size, seed=number)),
             "enqueued_at": "2026-11-30T12:00:00+00:00",
         }
-        client.zadd(custody.WAITING, {batch_id: client.incr(custody.SEQ)})
-        client.set(custody.legacy_payload_key(batch_id), orjson.dumps(message))
+        client.zadd(keys.CUSTODY_WAITING, {batch_id: client.incr(keys.CUSTODY_SEQ)})
+        client.set(keys.custody_legacy_payload_key(batch_id), orjson.dumps(message))
         app.send_task("ingest.batch", kwargs=message, queue="ingest")
         messages.append(message)
     return messages
@@ -59,7 +59,7 @@ def test_a_v1_backlog_queued_before_an_upgrade_is_stored_once_by_the_new_worker(
     assert [row.prompt for row in stored] == [trace["prompt"] for trace in old[0]["traces"]]
     assert set(events_by_batch(redis_url)) == {m["batch_id"] for m in old} | {str(r.batch_id) for r in new}
     wait_for(lambda: custody.figures(client).in_transit == 0, what="v1 and v2 custody records released")
-    assert client.keys(f"{custody.PREFIX}:payload:*") == client.keys(f"{custody.PREFIX}:body:*") == []
+    assert client.keys(f"{keys.CUSTODY}:payload:*") == client.keys(f"{keys.CUSTODY}:body:*") == []
 
 
 def test_a_claim_check_whose_batch_is_stored_completes_without_its_body(
@@ -75,7 +75,7 @@ def test_a_claim_check_whose_batch_is_stored_completes_without_its_body(
         "content_hash": scalar(database_url, "SELECT content_hash FROM batch"),
         "custody_seq": 1,
     }
-    assert client.get(custody.body_key("1")) is None  # released once PostgreSQL held the batch
+    assert client.get(keys.custody_body_key("1")) is None  # released once PostgreSQL held the batch
 
     again = app.send_task("ingest.batch", kwargs=ticket, queue="ingest").get(timeout=60)
 
@@ -91,7 +91,7 @@ def test_a_claim_check_whose_body_is_gone_and_batch_not_stored_is_parked_failed_
     kept = enqueue_batch(list(generate_traces(10, seed=3)), source="kept")
     client = redis.Redis.from_url(redis_url)
     (lost_ticket, _) = [task_kwargs_of(raw) for raw in reversed(client.lrange("ingest", 0, -1))]
-    client.delete(custody.body_key(str(lost_ticket["custody_seq"])))  # deleted by hand, expired or evicted
+    client.delete(keys.custody_body_key(str(lost_ticket["custody_seq"])))  # deleted by hand, expired or evicted
 
     worker = start_worker("finds-no-body")
     result = AsyncResult(lost.task_id, app=app).get(timeout=60)

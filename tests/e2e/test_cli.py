@@ -13,8 +13,8 @@ from tests.db import query, scalar
 from tests.e2e.commands import cli
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
-from worker.devtools.processes import cli_command
-from worker.devtools.sample_traces import generate_traces
+from worker.localstack.processes import cli_command
+from worker.localstack.sample_traces import generate_traces
 
 
 def line(trace: dict[str, Any] | Any) -> bytes:

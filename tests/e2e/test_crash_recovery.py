@@ -19,10 +19,10 @@ from tests.e2e.pipeline_state import describe_pipeline
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from tests.streams import events_by_batch
-from worker import app, enqueue_batch
-from worker.client import custody
-from worker.devtools.local_stack import PostgresServer, RedisServer
-from worker.devtools.sample_traces import generate_traces
+from worker import app, enqueue_batch, keys
+from worker.custody import records as custody
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import PostgresServer, RedisServer
 
 
 def enqueue_backlog(traces: int, batch_size: int) -> list[str]:
@@ -62,16 +62,17 @@ def batches_held_by(redis_url: str, node: str) -> list[str]:
     """Batch ids of the custody records whose delivery the worker node `node` had started and still holds (a
     message its parent put back in the queue after a pool child died waits there for the drain, not for it)."""
     client = redis.Redis.from_url(redis_url)
-    owners = cast(dict[bytes, bytes], client.hgetall(custody.OWNERS))
+    owners = cast(dict[bytes, bytes], client.hgetall(keys.CUSTODY_OWNERS))
     started = {
-        record for record, _ in cast(list[tuple[bytes, float]], client.zrange(custody.TAKEN, 0, -1, withscores=True))
+        record
+        for record, _ in cast(list[tuple[bytes, float]], client.zrange(keys.CUSTODY_TAKEN, 0, -1, withscores=True))
     }
     held = [
         record.decode()
         for record, owner in owners.items()
         if owner.decode().startswith(f"{node}@") and record in started
     ]
-    tickets = [cast(bytes | None, client.get(custody.ticket_key(record))) for record in held]
+    tickets = [cast(bytes | None, client.get(keys.custody_ticket_key(record))) for record in held]
     return [orjson.loads(ticket)["batch_id"] for ticket in tickets if ticket]
 
 

@@ -20,9 +20,9 @@ from tests.db import published_batches, scalar
 from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWorker
 from tests.polling import wait_for
 from worker import enqueue_batch
-from worker.client import custody
-from worker.devtools.local_stack import free_port
-from worker.devtools.sample_traces import generate_traces
+from worker.custody import records as custody
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import free_port
 
 #: Custody's lost-batch re-send after 10 + 10 + 4 = 24 s instead of 7 minutes.
 QUICK = {**FAST_RECOVERY, "VISIBILITY_TIMEOUT_S": "10", "TASK_SOFT_TIME_LIMIT_S": "3", "TASK_TIME_LIMIT_S": "4"}
@@ -30,7 +30,7 @@ QUICK = {**FAST_RECOVERY, "VISIBILITY_TIMEOUT_S": "10", "TASK_SOFT_TIME_LIMIT_S"
 PRODUCER = """
 import json, sys, uuid
 from worker import EnqueueFailed, enqueue_batch
-from worker.devtools.sample_traces import generate_traces
+from worker.localstack.sample_traces import generate_traces
 try:
     enqueue_batch(list(generate_traces(40, seed=5)), source="unlucky", batch_id=uuid.UUID(sys.argv[1]))
     print(json.dumps({"outcome": "accepted"}))

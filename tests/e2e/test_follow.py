@@ -20,8 +20,8 @@ from tests.polling import wait_for
 from tests.streams import STREAM, stream_events
 from worker import app, enqueue_batch, follow_ingested
 from worker.client.consumer_group import malformed_key
-from worker.devtools.processes import cli_command
-from worker.devtools.sample_traces import generate_traces
+from worker.localstack.processes import cli_command
+from worker.localstack.sample_traces import generate_traces
 
 
 def store(batches: list[list[dict[str, Any]]], database_url: str, source: str = "follow") -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tests.e2e.commands import cli
-from worker.devtools.sample_traces import generate_traces
+from worker.localstack.sample_traces import generate_traces
 
 
 def with_raw_meta(trace: dict[str, Any], meta_json: str) -> bytes:

@@ -1,5 +1,5 @@
 """The HTTP enqueue API (PRODUCT.md §4b) as a client sees it: a real `tunix-ingest serve` (uvicorn) process,
-real PostgreSQL and Redis, and a real `celery worker`. First the seed project's own batch-endpoint cases, then
+real PostgreSQL and Redis, and a real `celery worker`. First the tunix-rt backend's own batch-endpoint cases, then
 every route and status code."""
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from tests.e2e.commands import cli
 from tests.e2e.http_servers import ApiServer
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
-from worker.devtools.local_stack import free_port
 from worker.http_api import create_app
 from worker.http_api.traces import IDEMPOTENCY_NAMESPACE
+from worker.localstack.servers import free_port
 from worker.settings import environment
 
 
-def seed_trace(n: int, **changes: Any) -> dict[str, Any]:
-    """A trace as the seed's tests build them."""
+def backend_trace(n: int, **changes: Any) -> dict[str, Any]:
+    """A trace as the tunix-rt backend's tests build them."""
     trace: dict[str, Any] = {
         "trace_version": "1.0",
         "prompt": f"What is {n} + {n}?",
@@ -81,13 +81,13 @@ def queued(redis_url: str, queue: str = "ingest") -> int:
     return int(redis.Redis.from_url(redis_url).llen(queue))
 
 
-# --- The seed project's batch-endpoint cases -------------------------------------------------------------------
+# --- The tunix-rt backend's batch-endpoint cases ----------------------------------------------------------------
 
 
-def test_seed_batch_success_answers_the_seeds_201_body_in_input_order(
+def test_backend_batch_success_answers_the_backends_201_body_in_input_order(
     client: httpx.Client, ingest_worker: WorkerProcess, database_url: str
 ) -> None:
-    traces = [seed_trace(n) for n in range(5)]
+    traces = [backend_trace(n) for n in range(5)]
     response = client.post("/api/traces/batch", params={"wait": 30}, json=traces)
 
     assert response.status_code == 201, response.text
@@ -101,13 +101,13 @@ def test_seed_batch_success_answers_the_seeds_201_body_in_input_order(
         assert datetime.fromisoformat(answered["created_at"]) == row.created_at
 
 
-def test_seed_single_trace_batch_is_created(client: httpx.Client, ingest_worker: WorkerProcess) -> None:
-    response = client.post("/api/traces/batch?wait=30", json=[seed_trace(1)])
+def test_backend_single_trace_batch_is_created(client: httpx.Client, ingest_worker: WorkerProcess) -> None:
+    response = client.post("/api/traces/batch?wait=30", json=[backend_trace(1)])
 
     assert response.status_code == 201 and response.json()["created_count"] == 1
 
 
-def test_seed_empty_batch_is_400_with_the_seeds_message(client: httpx.Client, redis_url: str) -> None:
+def test_backend_empty_batch_is_400_with_the_backends_message(client: httpx.Client, redis_url: str) -> None:
     response = client.post("/api/traces/batch", json=[])
 
     assert response.status_code == 400
@@ -115,16 +115,16 @@ def test_seed_empty_batch_is_400_with_the_seeds_message(client: httpx.Client, re
     assert queued(redis_url) == 0
 
 
-def test_seed_batch_of_1001_is_400_with_the_seeds_message(client: httpx.Client, redis_url: str) -> None:
-    response = client.post("/api/traces/batch", json=[seed_trace(n) for n in range(1001)])
+def test_backend_batch_of_1001_is_400_with_the_backends_message(client: httpx.Client, redis_url: str) -> None:
+    response = client.post("/api/traces/batch", json=[backend_trace(n) for n in range(1001)])
 
     assert response.status_code == 400
     assert response.json() == {"detail": "Batch size (1001) exceeds maximum (1000)"}
     assert queued(redis_url) == 0
 
 
-def test_seed_missing_field_is_422_naming_trace_and_field(client: httpx.Client, redis_url: str) -> None:
-    traces = [seed_trace(0), seed_trace(1)]
+def test_backend_missing_field_is_422_naming_trace_and_field(client: httpx.Client, redis_url: str) -> None:
+    traces = [backend_trace(0), backend_trace(1)]
     del traces[1]["final_answer"]
     response = client.post("/api/traces/batch", json=traces)
 
@@ -135,18 +135,18 @@ def test_seed_missing_field_is_422_naming_trace_and_field(client: httpx.Client, 
     assert queued(redis_url) == 0
 
 
-def test_seed_metadata_round_trips(client: httpx.Client, ingest_worker: WorkerProcess, database_url: str) -> None:
+def test_backend_metadata_round_trips(client: httpx.Client, ingest_worker: WorkerProcess, database_url: str) -> None:
     meta = {"dataset": "gsm8k", "tags": ["arith", "ünïcode ✓"], "nested": {"depth": 2, "ok": True, "none": None}}
-    response = client.post("/api/traces/batch?wait=30", json=[seed_trace(3, meta=meta)])
+    response = client.post("/api/traces/batch?wait=30", json=[backend_trace(3, meta=meta)])
 
     assert response.status_code == 201
     assert query(database_url, "SELECT meta FROM trace")[0].meta == meta
 
 
-def test_seed_empty_prompt_is_422_and_writes_no_row(
+def test_backend_empty_prompt_is_422_and_writes_no_row(
     client: httpx.Client, ingest_worker: WorkerProcess, database_url: str, redis_url: str
 ) -> None:
-    response = client.post("/api/traces/batch?wait=5", json=[seed_trace(0), seed_trace(1, prompt="")])
+    response = client.post("/api/traces/batch?wait=5", json=[backend_trace(0), backend_trace(1, prompt="")])
 
     assert response.status_code == 422
     (problem,) = response.json()["detail"]
@@ -161,7 +161,7 @@ def test_seed_empty_prompt_is_422_and_writes_no_row(
 def test_a_batch_is_acknowledged_202_with_a_receipt_whose_status_url_follows_it(
     client: httpx.Client, ingest_worker: WorkerProcess
 ) -> None:
-    response = client.post("/api/traces/batch", json=[seed_trace(n) for n in range(3)])
+    response = client.post("/api/traces/batch", json=[backend_trace(n) for n in range(3)])
 
     assert response.status_code == 202
     receipt = response.json()
@@ -175,7 +175,7 @@ def test_a_batch_is_acknowledged_202_with_a_receipt_whose_status_url_follows_it(
 
 def test_wait_answers_202_when_the_batch_is_not_stored_in_time(held_api: ApiServer, redis_url: str) -> None:
     started = time.monotonic()
-    response = httpx.post(f"{held_api.url}/api/traces/batch?wait=1.5", json=[seed_trace(1)], timeout=30)
+    response = httpx.post(f"{held_api.url}/api/traces/batch?wait=1.5", json=[backend_trace(1)], timeout=30)
 
     assert response.status_code == 202 and 1.5 <= time.monotonic() - started < 10
     assert queued(redis_url, "held") == 1
@@ -184,13 +184,13 @@ def test_wait_answers_202_when_the_batch_is_not_stored_in_time(held_api: ApiServ
 
 
 def test_wait_beyond_60_seconds_is_refused(client: httpx.Client) -> None:
-    assert client.post("/api/traces/batch?wait=61", json=[seed_trace(1)]).status_code == 422
+    assert client.post("/api/traces/batch?wait=61", json=[backend_trace(1)]).status_code == 422
 
 
 def test_a_retried_post_with_an_idempotency_key_stores_one_copy(
     client: httpx.Client, ingest_worker: WorkerProcess, database_url: str
 ) -> None:
-    traces = [seed_trace(n) for n in range(4)]
+    traces = [backend_trace(n) for n in range(4)]
     headers = {"Idempotency-Key": "upload-2026-12-01-part-7"}
     first = client.post("/api/traces/batch?wait=30", json=traces, headers=headers)
     second = client.post("/api/traces/batch?wait=30", json=traces, headers=headers)
@@ -206,8 +206,8 @@ def test_a_uuid_idempotency_key_is_the_batch_id_and_other_content_under_it_is_40
     client: httpx.Client, redis_url: str
 ) -> None:
     key = str(uuid.uuid4())
-    first = client.post("/api/traces/batch", json=[seed_trace(1)], headers={"Idempotency-Key": key})
-    other = client.post("/api/traces/batch", json=[seed_trace(2)], headers={"Idempotency-Key": key})
+    first = client.post("/api/traces/batch", json=[backend_trace(1)], headers={"Idempotency-Key": key})
+    other = client.post("/api/traces/batch", json=[backend_trace(2)], headers={"Idempotency-Key": key})
 
     assert first.status_code == 202 and first.json()["batch_id"] == key
     assert other.status_code == 409 and key in other.json()["detail"]
@@ -216,10 +216,10 @@ def test_a_uuid_idempotency_key_is_the_batch_id_and_other_content_under_it_is_40
 def test_source_names_the_producer_and_a_bad_one_is_422(
     client: httpx.Client, ingest_worker: WorkerProcess, database_url: str
 ) -> None:
-    assert client.post("/api/traces/batch?wait=30&source=trainer-7", json=[seed_trace(1)]).status_code == 201
+    assert client.post("/api/traces/batch?wait=30&source=trainer-7", json=[backend_trace(1)]).status_code == 201
     assert query(database_url, "SELECT source FROM batch")[0].source == "trainer-7"
 
-    bad = client.post("/api/traces/batch?source=" + "x" * 300, json=[seed_trace(1)])
+    bad = client.post("/api/traces/batch?source=" + "x" * 300, json=[backend_trace(1)])
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "source"]
 
 
@@ -236,10 +236,10 @@ def test_a_body_that_is_not_a_json_array_is_422_in_json(client: httpx.Client) ->
 
 
 def test_a_trace_that_is_no_object_json_nested_too_deeply_and_an_empty_key_are_422(client: httpx.Client) -> None:
-    not_object = client.post("/api/traces/batch", json=[seed_trace(1), 7])
+    not_object = client.post("/api/traces/batch", json=[backend_trace(1), 7])
     too_deep = client.post("/api/traces/batch", content=b"[" * 5000 + b"]" * 5000)
-    empty_key = client.post("/api/traces/batch", json=[seed_trace(1)], headers={"Idempotency-Key": ""})
-    deep_line = client.post("/api/traces/jsonl", content=json.dumps(seed_trace(1)).encode() + b"\n" + b"[" * 5000)
+    empty_key = client.post("/api/traces/batch", json=[backend_trace(1)], headers={"Idempotency-Key": ""})
+    deep_line = client.post("/api/traces/jsonl", content=json.dumps(backend_trace(1)).encode() + b"\n" + b"[" * 5000)
 
     assert not_object.status_code == 422 and not_object.json()["detail"][0]["loc"] == ["body", 1]
     assert too_deep.status_code == 422 and too_deep.json()["detail"][0]["type"] == "json_invalid"
@@ -272,9 +272,9 @@ def test_the_real_sample_set_through_http_is_stored_losslessly(
 def test_jsonl_is_split_into_batches_and_each_bad_line_is_named(
     client: httpx.Client, ingest_worker: WorkerProcess, database_url: str
 ) -> None:
-    lines = [json.dumps(seed_trace(n)) for n in range(2300)]
+    lines = [json.dumps(backend_trace(n)) for n in range(2300)]
     lines[4] = "{not json"
-    lines[1500] = json.dumps(seed_trace(1500, steps=[]))
+    lines[1500] = json.dumps(backend_trace(1500, steps=[]))
     response = client.post("/api/traces/jsonl", content="\n".join(lines).encode() + b"\n\n")
 
     assert response.status_code == 202, response.text
@@ -290,7 +290,7 @@ def test_jsonl_is_split_into_batches_and_each_bad_line_is_named(
     wait_for(lambda: stored_rows(database_url) == 2298, timeout=60, what="every good line stored")
 
 
-def test_the_seeds_jsonl_fixture_that_its_batch_endpoint_rejects_is_accepted(
+def test_the_backends_jsonl_fixture_that_its_batch_endpoint_rejects_is_accepted(
     client: httpx.Client, ingest_worker: WorkerProcess, database_url: str
 ) -> None:
     fixture = (SAMPLE_DATA / "e2e-ingest.jsonl").read_bytes()
@@ -310,9 +310,9 @@ def test_a_jsonl_upload_with_no_trace_is_400(client: httpx.Client) -> None:
 
 
 def test_a_full_queue_is_429_with_retry_after_and_nothing_enqueued(held_api: ApiServer, redis_url: str) -> None:
-    assert httpx.post(f"{held_api.url}/api/traces/batch", json=[seed_trace(1)]).status_code == 202
-    refused = httpx.post(f"{held_api.url}/api/traces/batch", json=[seed_trace(2)])
-    refused_lines = httpx.post(f"{held_api.url}/api/traces/jsonl", content=json.dumps(seed_trace(3)).encode())
+    assert httpx.post(f"{held_api.url}/api/traces/batch", json=[backend_trace(1)]).status_code == 202
+    refused = httpx.post(f"{held_api.url}/api/traces/batch", json=[backend_trace(2)])
+    refused_lines = httpx.post(f"{held_api.url}/api/traces/jsonl", content=json.dumps(backend_trace(3)).encode())
 
     for response in (refused, refused_lines):
         assert response.status_code == 429
@@ -325,7 +325,7 @@ def test_redis_down_is_503_with_the_batch_id_and_readyz_says_so(tmp_path: Path) 
     try:
         key = str(uuid.uuid4())
         response = httpx.post(
-            f"{server.url}/api/traces/batch", json=[seed_trace(1)], headers={"Idempotency-Key": key}, timeout=30
+            f"{server.url}/api/traces/batch", json=[backend_trace(1)], headers={"Idempotency-Key": key}, timeout=30
         )
         ready = httpx.get(f"{server.url}/readyz", timeout=30)
     finally:
@@ -400,9 +400,9 @@ def test_with_tokens_set_every_api_request_needs_one(tmp_path: Path) -> None:
     server = ApiServer(tmp_path, {"INGEST_API_TOKENS": "alpha-token, beta-token"}).start()
     try:
         url = f"{server.url}/api/traces/batch"
-        missing = httpx.post(url, json=[seed_trace(1)])
-        wrong = httpx.post(url, json=[seed_trace(1)], headers={"Authorization": "Bearer gamma-token"})
-        right = httpx.post(url, json=[seed_trace(1)], headers={"Authorization": "Bearer beta-token"})
+        missing = httpx.post(url, json=[backend_trace(1)])
+        wrong = httpx.post(url, json=[backend_trace(1)], headers={"Authorization": "Bearer gamma-token"})
+        right = httpx.post(url, json=[backend_trace(1)], headers={"Authorization": "Bearer beta-token"})
         status = httpx.get(f"{server.url}/api/batches/{uuid.uuid4()}")
         health = httpx.get(f"{server.url}/healthz")
     finally:
@@ -418,10 +418,10 @@ async def test_without_tokens_a_request_from_beyond_loopback_or_through_a_proxy_
     transport = httpx.ASGITransport(app=create_app())
     with environment(INGEST_API_ALLOW_ANONYMOUS="1"):  # even with the opt-in to anonymous calls
         async with httpx.AsyncClient(transport=transport, base_url="http://203.0.113.9:8000") as outside:
-            response = await outside.post("/api/traces/batch", json=[seed_trace(1)])
+            response = await outside.post("/api/traces/batch", json=[backend_trace(1)])
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as proxied:
             relayed = await proxied.post(
-                "/api/traces/batch", json=[seed_trace(1)], headers={"X-Forwarded-For": "198.51.100.4"}
+                "/api/traces/batch", json=[backend_trace(1)], headers={"X-Forwarded-For": "198.51.100.4"}
             )
 
     for refused in (response, relayed):

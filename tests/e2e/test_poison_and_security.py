@@ -23,9 +23,9 @@ from tests.e2e.conftest import StartWorker
 from tests.polling import wait_for
 from tests.streams import events_by_batch, stream_events
 from worker import app, enqueue_batch
-from worker.devtools.local_stack import RedisServer, free_port
-from worker.devtools.sample_traces import generate_traces
-from worker.wire import task_kwargs_of
+from worker.edge.wire import task_kwargs_of
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import RedisServer, free_port
 
 
 def raw_message(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> dict[str, Any]:

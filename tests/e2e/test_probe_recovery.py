@@ -19,8 +19,8 @@ from tests.e2e.commands import cli
 from tests.e2e.conftest import StartWorker
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
-from worker.devtools.local_sentinel import SentinelStack
-from worker.devtools.local_stack import RedisServer
+from worker.localstack.sentinel import SentinelStack
+from worker.localstack.servers import RedisServer
 
 #: Every worker consumes again within this after Redis is back (measured: a few seconds; asserted loosely).
 RECOVERY_BOUND_S = 45.0
@@ -30,7 +30,7 @@ PRODUCER = textwrap.dedent(
     """
     import json, sys, time
     from worker import EnqueueFailed, enqueue_batch
-    from worker.devtools.sample_traces import generate_traces
+    from worker.localstack.sample_traces import generate_traces
 
     traces = list(generate_traces(5, seed=3))
     while True:

@@ -18,7 +18,7 @@ from tests.e2e.commands import cli
 from tests.e2e.conftest import StartWorker
 from tests.polling import wait_for
 from worker import enqueue_batch
-from worker.devtools.sample_traces import generate_traces
+from worker.localstack.sample_traces import generate_traces
 
 #: The probe's bound in these tests: a batch waiting this long while the node takes nothing fails it.
 STALL_AFTER_S = 5.0

@@ -1,4 +1,4 @@
-"""The 550 real traces of the seed project through `enqueue_batch` and a real worker process."""
+"""The 550 real traces of the tunix-rt backend through `enqueue_batch` and a real worker process."""
 
 from __future__ import annotations
 

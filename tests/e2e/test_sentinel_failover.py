@@ -23,10 +23,10 @@ from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWor
 from tests.e2e.http_servers import ApiServer
 from tests.e2e.test_operations import http_get
 from tests.polling import wait_for
-from worker.devtools.local_sentinel import SentinelStack
-from worker.devtools.local_stack import free_port
-from worker.devtools.processes import ChildProcess, celery_command
-from worker.devtools.sample_traces import generate_traces
+from worker.localstack.processes import ChildProcess, celery_command
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.sentinel import SentinelStack
+from worker.localstack.servers import free_port
 
 #: Batches the producer acknowledges in all; the master dies once a third of them are acknowledged.
 BATCHES = 240
@@ -38,7 +38,7 @@ PRODUCER = textwrap.dedent(
     """
     import json, sys, time
     from worker import EnqueueFailed, QueueFull, enqueue_batch
-    from worker.devtools.sample_traces import generate_traces
+    from worker.localstack.sample_traces import generate_traces
 
     batches, size = int(sys.argv[1]), int(sys.argv[2])
     traces = list(generate_traces(batches * size, seed=11))

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from worker.devtools.processes import ChildProcess, worker_command
+from worker.localstack.processes import ChildProcess, worker_command
 
 
 class WorkerProcess(ChildProcess):

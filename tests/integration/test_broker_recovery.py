@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from worker.celery_app import app, unacked_mutex_expire_s
+from worker.edge.app import app
 from worker.settings import get_settings
 
 
@@ -15,4 +15,4 @@ def test_a_scan_lock_left_by_a_dead_worker_expires_within_the_recovery_bound(red
         lock = channel.client.lock(channel.unacked_mutex_key, timeout=channel.unacked_mutex_expire)
         assert lock.acquire(blocking=False)
     left_behind_for = redis.Redis.from_url(redis_url).ttl(channel.unacked_mutex_key)
-    assert 0 < left_behind_for <= unacked_mutex_expire_s(get_settings()) < get_settings().visibility_timeout_s
+    assert 0 < left_behind_for <= get_settings().unacked_mutex_expire_s < get_settings().visibility_timeout_s

@@ -16,8 +16,8 @@ from tests.conftest import SAMPLE_DATA
 from tests.integration.test_ingest_service import make_batch
 from tests.streams import STREAM
 from worker.client.consumer import IngestedBatch, IngestedLines, follow_ingested_async, follow_ingested_lines_async
-from worker.devtools.sample_traces import generate_traces
-from worker.events import RedisStreamPublisher
+from worker.edge.publisher import RedisStreamPublisher
+from worker.localstack.sample_traces import generate_traces
 
 AWKWARD = [
     'quotes " and \\ backslashes \\" and a closing brace }',

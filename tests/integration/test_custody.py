@@ -10,13 +10,14 @@ from redis.asyncio import Redis as AsyncRedis
 
 from services.validation import validate_traces
 from tests.db import query
-from worker import enqueue_batch
-from worker.client import custody, custody_accept, custody_recovery
-from worker.client.enqueue import batch_key, delivery_counter_key
-from worker.devtools.sample_traces import generate_traces
-from worker.heartbeat import heartbeat_key
-from worker.runtime import current_runtime, stop_runtime
-from worker.scheduled_tasks import _resend_lost
+from worker import enqueue_batch, keys
+from worker.custody import accept as custody_accept
+from worker.custody import records as custody
+from worker.custody import recovery as custody_recovery
+from worker.edge.runtime import current_runtime, stop_runtime
+from worker.edge.scheduled_jobs import _resend_lost
+from worker.keys import batch_key, delivery_counter_key, heartbeat_key
+from worker.localstack.sample_traces import generate_traces
 from worker.settings import get_settings
 
 
@@ -125,8 +126,8 @@ def test_the_same_batch_again_refreshes_its_one_record_and_other_content_is_a_co
     assert accept(client, "b1", "hash-1") == custody_accept.Accepted(custody_accept.NEW_BATCH, 1)
     assert accept(client, "b1", "hash-1") == custody_accept.Accepted(custody_accept.SAME_BATCH_AGAIN, 1)
     assert accept(client, "b1", "hash-2").outcome == custody_accept.CONFLICT
-    assert client.get(custody.ticket_key("1")) == b'{"batch_id":"b1","content_hash":"hash-1","custody_seq":1}'
-    assert client.keys(f"{custody.PREFIX}:body:*") == [custody.body_key("1").encode()]
+    assert client.get(keys.custody_ticket_key("1")) == b'{"batch_id":"b1","content_hash":"hash-1","custody_seq":1}'
+    assert client.keys(f"{keys.CUSTODY}:body:*") == [keys.custody_body_key("1").encode()]
     assert custody.figures(client).in_transit == 1
 
 
@@ -135,7 +136,7 @@ def test_a_full_queue_takes_no_custody_and_says_how_deep_it_is(redis_url: str) -
     client.lpush("ingest", "one", "two")
     assert accept(client, "b1", max_depth=2) == custody_accept.Accepted(custody_accept.QUEUE_FULL, 2)
     assert custody.figures(client).in_transit == 0
-    assert client.keys(f"{custody.PREFIX}:incoming:*") == []  # the body sent ahead is gone too
+    assert client.keys(f"{keys.CUSTODY}:incoming:*") == []  # the body sent ahead is gone too
 
 
 async def test_records_held_by_a_worker_whose_heartbeat_stopped_are_overdue_at_once(
@@ -151,9 +152,9 @@ async def test_records_held_by_a_worker_whose_heartbeat_stopped_are_overdue_at_o
     custody.received_by(client, "7", "dead@host#20#1")  # an owner entry whose record is long released
 
     assert await custody_recovery.overdue(async_redis, get_settings()) == ["2"]  # no wait for the 330 s quiet time
-    assert client.hkeys(custody.OWNERS) == [b"1", b"2"]  # the stale entry is gone
+    assert client.hkeys(keys.CUSTODY_OWNERS) == [b"1", b"2"]  # the stale entry is gone
     await custody.requeued(async_redis, claim(2, "b2"))  # sent again: it waits in the queue, owned by nobody
-    assert client.hkeys(custody.OWNERS) == [b"1"]
+    assert client.hkeys(keys.CUSTODY_OWNERS) == [b"1"]
     assert await custody_recovery.overdue(async_redis, get_settings()) == []
 
 
@@ -187,10 +188,10 @@ async def test_a_retry_of_a_stale_message_never_requeues_another_batchs_record(
     client = redis.Redis.from_url(redis_url)
     accept(client, "b1")  # record 1 is b1's
     assert (await start(async_redis, "1", "b1")).deliveries == 1
-    taken_before = client.zscore(custody.TAKEN, "1")
+    taken_before = client.zscore(keys.CUSTODY_TAKEN, "1")
 
     await custody.requeued(async_redis, custody.Claim("1", "another batch", "h"))  # a stale message's retry
 
-    assert client.zscore(custody.TAKEN, "1") == taken_before and client.zscore(custody.WAITING, "1") is None
+    assert client.zscore(keys.CUSTODY_TAKEN, "1") == taken_before and client.zscore(keys.CUSTODY_WAITING, "1") is None
     await custody.requeued(async_redis, custody.Claim("1", "b1", "h"))  # b1's own retry
-    assert client.zscore(custody.WAITING, "1") is not None
+    assert client.zscore(keys.CUSTODY_WAITING, "1") is not None

@@ -14,13 +14,13 @@ from redis.asyncio import Redis as AsyncRedis
 
 from models.messages import IngestResult
 from tests.db import query
-from worker import enqueue_batch
-from worker.client import custody
-from worker.client.enqueue import delivery_counter_key
-from worker.devtools.sample_traces import generate_traces
-from worker.runtime import Runtime, current_runtime, stop_runtime
-from worker.tasks import _deliver, _park
-from worker.wire import task_kwargs_of
+from worker import enqueue_batch, keys
+from worker.custody import records as custody
+from worker.edge.delivery import _deliver, _park
+from worker.edge.runtime import Runtime, current_runtime, stop_runtime
+from worker.edge.wire import task_kwargs_of
+from worker.keys import delivery_counter_key
+from worker.localstack.sample_traces import generate_traces
 
 
 @pytest.fixture
@@ -94,13 +94,13 @@ def test_a_counter_set_back_never_hands_out_the_number_of_a_live_record(redis_ur
     client = redis.Redis.from_url(redis_url)
     first = enqueue_batch(list(generate_traces(2)), source="first")
     first_message = take_message(client)
-    client.set(custody.SEQ, 0)  # Redis lost the counter's last increments but not the record
+    client.set(keys.CUSTODY_SEQ, 0)  # Redis lost the counter's last increments but not the record
 
     enqueue_batch(list(generate_traces(2, seed=5)), source="second")
 
     second_message = take_message(client)
     assert second_message["custody_seq"] != first_message["custody_seq"]
-    ticket = client.get(custody.ticket_key(str(first_message["custody_seq"])))
+    ticket = client.get(keys.custody_ticket_key(str(first_message["custody_seq"])))
     assert ticket is not None and str(first.batch_id).encode() in ticket
     assert custody.figures(client).in_transit == 2
 
@@ -117,8 +117,8 @@ async def test_a_claim_naming_another_batch_neither_starts_reads_nor_releases_th
             async_redis, other, counter_key=counter, counter_ttl_s=60, fetch_body=True
         )
         assert delivery == custody.Delivery(1, None, foreign=True)
-        assert client.zrange(custody.WAITING, 0, -1) == [other.record.encode()]  # still waiting, untouched
-        assert client.get(custody.HORIZON) is None
+        assert client.zrange(keys.CUSTODY_WAITING, 0, -1) == [other.record.encode()]  # still waiting, untouched
+        assert client.get(keys.CUSTODY_HORIZON) is None
         assert await custody.stored_body(async_redis, other) is None
         assert not await custody.release(async_redis, other)
         assert not await custody.release(async_redis, custody.Claim(other.record))  # a bare number: no ticket check
@@ -128,4 +128,4 @@ async def test_a_claim_naming_another_batch_neither_starts_reads_nor_releases_th
     finally:
         await async_redis.aclose()
     assert custody.figures(client).in_transit == 0
-    assert client.hlen(custody.RECORDS) == 0 and client.keys(f"{custody.PREFIX}:body:*") == []
+    assert client.hlen(keys.CUSTODY_RECORDS) == 0 and client.keys(f"{keys.CUSTODY}:body:*") == []

@@ -14,11 +14,12 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from services.errors import EnqueueFailed, QueueFull
-from worker import enqueue_batch
-from worker.client import custody, custody_recovery
-from worker.devtools.sample_traces import generate_traces
+from worker import enqueue_batch, keys
+from worker.custody import records as custody
+from worker.custody import recovery as custody_recovery
+from worker.edge.wire import task_kwargs_of
+from worker.localstack.sample_traces import generate_traces
 from worker.settings import get_settings
-from worker.wire import task_kwargs_of
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def unconfirmed(traces: list[dict[str, Any]], batch_id: UUID) -> EnqueueFailed:
 
 
 def custody_keys(client: redis.Redis, kind: str) -> list[bytes]:
-    return sorted(cast(list[bytes], client.keys(f"{custody.PREFIX}:{kind}:*")))
+    return sorted(cast(list[bytes], client.keys(f"{keys.CUSTODY}:{kind}:*")))
 
 
 def out_of_the_queue(redis_url: str) -> list[str]:

@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from models.tables import Batch
 from worker import app, enqueue_batch
 from worker.cli.batches import status
-from worker.client.enqueue import batch_key
-from worker.devtools.sample_traces import generate_traces
+from worker.edge.runtime import stop_runtime
 from worker.http_api import create_app
-from worker.runtime import stop_runtime
+from worker.keys import batch_key
+from worker.localstack.sample_traces import generate_traces
 from worker.settings import environment
 
 ANONYMOUS = {"INGEST_API_TOKENS": "", "INGEST_API_ALLOW_ANONYMOUS": "1"}

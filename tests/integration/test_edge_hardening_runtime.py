@@ -12,12 +12,13 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-import worker.runtime
+import worker.edge.runtime
 from tests.db import query
 from tests.polling import wait_for
 from worker import app
-from worker.heartbeat import current_worker_id, heartbeat_key
-from worker.runtime import Runtime, current_runtime, replace_abandoned_runtime, stop_runtime
+from worker.edge.heartbeat import current_worker_id
+from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime, stop_runtime
+from worker.keys import heartbeat_key
 from worker.settings import get_settings
 
 _STATES = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
@@ -29,7 +30,7 @@ def other_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
     """A runtime as a pool child of another pod would make it: the same PID and generation as this process's
     current one (pool-child PIDs repeat across containers), another host and worker node."""
     here = current_runtime()
-    generation = worker.runtime._generation
+    generation = worker.edge.runtime._generation
     with monkeypatch.context() as elsewhere:
         elsewhere.setattr(socket, "gethostname", lambda: "ingest-worker-7f9c4-other")
         elsewhere.setenv(_IDENTITY, f"worker@ingest-worker-7f9c4-other#{here.pid}#1700000000")

@@ -12,13 +12,13 @@ import pytest
 import redis
 
 from services.errors import BatchConflict, BatchRejected, EnqueueFailed, QueueFull
-from worker import enqueue_batch, enqueue_batch_async
-from worker.client import custody
+from worker import enqueue_batch, enqueue_batch_async, keys
 from worker.client.enqueue import queue_depth
-from worker.devtools.local_stack import free_port
-from worker.devtools.sample_traces import generate_traces
+from worker.custody import records as custody
+from worker.edge.wire import task_kwargs_of
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import free_port
 from worker.settings import get_settings
-from worker.wire import task_kwargs_of
 
 
 @pytest.fixture
@@ -47,11 +47,11 @@ def test_accepted_batch_is_a_small_claim_check_and_its_body_waits_in_custody_onc
     assert len(raw_message) < 3000  # a claim check, whatever the batch size
     headers = orjson.loads(raw_message)["headers"]
     assert headers["argsrepr"] == f"{receipt.batch_id}, n=1000"  # what Flower shows
-    body = cast(bytes | None, client.get(custody.body_key(str(queued["custody_seq"]))))
+    body = cast(bytes | None, client.get(keys.custody_body_key(str(queued["custody_seq"]))))
     assert body is not None and orjson.loads(body) == traces
     assert hashlib.sha256(body).hexdigest() == queued["content_hash"]
     bodies = [key for key in client.keys("*") if (client.memory_usage(key) or 0) > len(body) // 2]
-    assert bodies == [custody.body_key(str(queued["custody_seq"])).encode()]  # the traces are in Redis once
+    assert bodies == [keys.custody_body_key(str(queued["custody_seq"])).encode()]  # the traces are in Redis once
 
 
 def test_invalid_batch_enqueues_nothing(redis_url: str) -> None:

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.e2e.commands import cli
 from tests.exports import exported_rows, store
-from worker.devtools.processes import cli_command
-from worker.devtools.sample_traces import generate_traces
 from worker.export.dataset_dir import DatasetDirectory
+from worker.localstack.processes import cli_command
+from worker.localstack.sample_traces import generate_traces
 
 SUMMARY = re.compile(
     r"exported ([\d,]+) traces? \(([\d,]+) batch(?:es)?\) to (\d+) files?, [\d.,]+ MiB, in [\d.]+ s: "

@@ -14,7 +14,7 @@ from services.export_query import ExportFilters
 from tests.exports import export, exported_lines, exported_rows, store
 from tests.integration.test_export_parquet import awkward_traces
 from worker.client.consumer_statements import LOAD_LINES
-from worker.devtools.sample_traces import generate_traces
+from worker.localstack.sample_traces import generate_traces
 
 
 def batches_of(out: Path) -> set[str]:

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.exports import export, store
 from tests.integration.test_export_parquet import awkward_traces
-from worker.devtools.sample_traces import generate_traces
 from worker.http_api import create_app, export_route
+from worker.localstack.sample_traces import generate_traces
 from worker.settings import environment
 
 TOKEN = "export-route-token"

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.exports import as_stored, database_rows, export, exported_rows, store
-from worker.devtools.sample_traces import generate_traces
 from worker.export import parquet_rows
+from worker.localstack.sample_traces import generate_traces
 
 #: Text that breaks careless encoders: quotes and backslashes, control characters, non-ASCII in every plane,
 #: the JavaScript line separators, a byte order mark.

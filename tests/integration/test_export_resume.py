@@ -15,9 +15,9 @@ from services.export_cursor import ExportRefused
 from services.export_query import ExportFilters
 from services.ingest import claim_batch, copy_traces, ingest_batch
 from tests.exports import Hooks, Unpublished, batch_in, export, exported_rows, store, store_from_another_thread
-from worker.devtools.sample_traces import generate_traces
 from worker.export import dataset_dir
 from worker.export.dataset_dir import DatasetDirectory, ExportBusy
+from worker.localstack.sample_traces import generate_traces
 
 
 async def stored_ids(sessions: async_sessionmaker[AsyncSession], batch_id: uuid.UUID | None = None) -> list[int]:
@@ -106,7 +106,7 @@ async def test_a_failed_batch_stored_later_is_exported_by_the_run_after_it(
     async with sessions() as session:
         await session.execute(
             text("INSERT INTO batch (id, source, state, trace_count, content_hash) VALUES (:id, 's', 'failed', 2, :h)"),
-            {"id": batch.batch_id, "h": batch.content_hash},
+            {"id": batch.batch_id, "h": batch.valid.content_hash},
         )
         await session.commit()
     first = await export(sessions, out)

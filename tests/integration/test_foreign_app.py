@@ -9,8 +9,8 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 import worker  # noqa: F401  (the import under test: it connects this product's signal handlers)
-from worker import progress
-from worker.heartbeat import current_worker_id
+from worker import keys
+from worker.edge.heartbeat import current_worker_id
 
 
 def test_another_apps_worker_in_this_process_gets_no_ingest_identity_and_writes_nothing(
@@ -29,5 +29,5 @@ def test_another_apps_worker_in_this_process_gets_no_ingest_identity_and_writes_
         assert add.delay(2, 3).get(timeout=20) == 5
         assert current_worker_id() == ""
 
-    assert client.hlen(progress.NODES) == 0
+    assert client.hlen(keys.NODES) == 0
     assert list(client.scan_iter("ingest:*")) == []

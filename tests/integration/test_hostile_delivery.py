@@ -16,19 +16,19 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services import delivery, parking
-from services.delivery import ingest_message
-from services.message_parsing import Limits
-from services.parking import park_failed_message
+from services.delivery import decision, parking
+from services.delivery.deliver import ingest_message
+from services.delivery.parking import park_failed_message
+from services.delivery.parsing import Limits
 from services.publish import Publisher
 from services.reprocess import find_failed_batches, redrive_batch
 from tests.db import query
 from tests.integration.test_task_edge import outcome, worker_in_this_process
 from worker import enqueue_batch
-from worker.client import custody
-from worker.client.enqueue import delivery_counter_key
-from worker.devtools.sample_traces import generate_traces
-from worker.events import RedisStreamPublisher
+from worker.custody import records as custody
+from worker.edge.publisher import RedisStreamPublisher
+from worker.keys import delivery_counter_key
+from worker.localstack.sample_traces import generate_traces
 from worker.settings import get_settings
 
 LIMITS = Limits(max_batch=1000, max_bytes=8 * 1024 * 1024, max_deliveries=5)
@@ -125,7 +125,7 @@ async def test_a_batch_past_its_budget_is_parked_without_being_read_again(
     def crashes(*_: object) -> None:
         raise AssertionError("a batch past its budget must not be read again")
 
-    monkeypatch.setattr(delivery, "parse_delivery", crashes)
+    monkeypatch.setattr(decision, "parse_delivery", crashes)
     publisher: Publisher = NoEvents()
     async with sessions() as session:
         result = await ingest_message(session, message, body=body, publisher=publisher, limits=LIMITS, attempts=6)
@@ -141,7 +141,7 @@ def test_a_message_whose_reading_fails_unforeseen_is_parked_once_and_leaves_cust
     def unforeseen(*_: object) -> None:
         raise ZeroDivisionError("a bug nobody foresaw, met by every reading of this batch")
 
-    monkeypatch.setattr(delivery, "parse_delivery", unforeseen)
+    monkeypatch.setattr(decision, "parse_delivery", unforeseen)
     monkeypatch.setattr(parking, "parse_delivery", unforeseen)
     receipt = enqueue_batch(list(generate_traces(2)), source="unforeseen")
 
@@ -166,7 +166,7 @@ def test_a_crashing_batch_redelivered_past_its_budget_is_parked_by_the_next_deli
     def would_crash_again(*_: object) -> None:
         raise AssertionError("read again: the crash loop goes on")
 
-    monkeypatch.setattr(delivery, "parse_delivery", would_crash_again)
+    monkeypatch.setattr(decision, "parse_delivery", would_crash_again)
     with worker_in_this_process():
         result = outcome(receipt.task_id)
 

@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from worker.devtools.sample_traces import generate_traces
 from worker.http_api import create_app
 from worker.http_api.jsonl_upload import MAX_REPORTED_PROBLEMS
+from worker.localstack.sample_traces import generate_traces
 from worker.settings import environment
 
 TOKEN = "hostile-input-token"

@@ -20,18 +20,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from models.derived import derive
 from models.tables import Batch, Trace
 from services.errors import BatchConflict
-from services.ingest import BatchIn, claim_batch, copy_traces, ingest_batch
-from services.validation import validate_traces
+from services.ingest import claim_batch, copy_traces, ingest_batch
+from services.validation import BatchIn, validate_traces
 from tests.db import as_received
 from tests.streams import STREAM, stream_events
-from worker.devtools.local_stack import free_port
-from worker.devtools.sample_traces import generate_traces
-from worker.events import RedisStreamPublisher
+from worker.edge.publisher import RedisStreamPublisher
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import free_port
 
 
 def make_batch(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> BatchIn:
     valid = validate_traces(traces, max_batch=1000, max_bytes=8 * 1024 * 1024)
-    return BatchIn(batch_id or uuid.uuid4(), "tests", valid.traces, valid.content_hash)
+    return BatchIn(batch_id or uuid.uuid4(), "tests", valid)
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ async def test_same_batch_id_with_other_traces_is_a_conflict_and_changes_nothing
         with pytest.raises(BatchConflict, match="different traces"):
             await ingest_batch(session, other, publisher=publisher)
         prompts = (await session.scalars(select(Trace.prompt).order_by(Trace.position))).all()
-    assert prompts == [t["prompt"] for t in batch.traces]
+    assert prompts == [t["prompt"] for t in batch.valid.traces]
 
 
 async def test_one_select_after_commit_reads_back_a_batch_of_1000(

@@ -1,4 +1,4 @@
-"""What workers record as they go (worker.progress, driven here through Celery's own signals) reaches
+"""What workers record as they go (worker.edge.progress, driven here through Celery's own signals) reaches
 `tunix-ingest metrics` under Prometheus' naming conventions, and every metric the dashboard and the alerts name
 is exported."""
 
@@ -17,10 +17,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.monitoring_files import referenced_metrics
-from worker import progress
-from worker.cli.metrics import IngestCollector
-from worker.cli.worker_nodes import DOWN_SINCE, FORGET_AFTER_S
-from worker.heartbeat import heartbeat_key
+from worker import keys
+from worker.edge import progress
+from worker.keys import NODES_DOWN_SINCE as DOWN_SINCE
+from worker.keys import heartbeat_key
+from worker.monitoring.collector import IngestCollector
+from worker.monitoring.worker_nodes import FORGET_AFTER_S
 
 NODE = "itest@host"
 
@@ -39,7 +41,7 @@ def scrape(budget: float | None = None) -> dict[str, dict[tuple[tuple[str, str],
 def finish(kwargs: dict[str, Any], retval: object, state: str = "SUCCESS") -> None:
     """An ingest task ends in a pool process. (The task is imported here: a Celery task in a test module's
     namespace is touched by pytest's collection, which would configure the app before the test servers exist.)"""
-    from worker.tasks import ingest_batch
+    from worker.edge.tasks import ingest_batch
 
     signals.task_postrun.send(
         sender=ingest_batch, task=ingest_batch, task_id="t", args=(), kwargs=kwargs, retval=retval, state=state
@@ -55,7 +57,7 @@ def take_task() -> None:
 
 @pytest.fixture
 def worker_id(monkeypatch: pytest.MonkeyPatch) -> str:
-    """This process poses as a worker node's process (the identity worker.heartbeat gives it at start)."""
+    """This process poses as a worker node's process (the identity worker.edge.heartbeat gives it at start)."""
     identity = f"{NODE}#4242#{int(time.time()) - 60}"
     monkeypatch.setenv("TUNIX_INGEST_WORKER_ID", identity)
     monkeypatch.setattr(progress, "_last_mark", 0.0)
@@ -97,11 +99,11 @@ def test_a_node_is_up_while_it_beats_down_after_a_crash_and_gone_after_a_clean_s
     assert scrape()["tunix_ingest_worker_up"] == {(("node", NODE),): 0.0}
     client.hset(DOWN_SINCE, NODE, time.time() - FORGET_AFTER_S - 1)  # an hour later
     assert "tunix_ingest_worker_up" not in scrape()
-    assert not client.hexists(progress.NODES, NODE)
+    assert not client.hexists(keys.NODES, NODE)
 
     take_task()
     assert scrape()["tunix_ingest_worker_up"] == {(("node", NODE),): 0.0}  # back in the registry, not beating
-    progress._on_worker_shutdown()  # a clean stop: not an outage, no series left to alert on
+    progress.unregister_node()  # a clean stop: not an outage, no series left to alert on
     assert "tunix_ingest_worker_up" not in scrape()
 
 

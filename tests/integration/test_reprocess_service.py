@@ -1,4 +1,4 @@
-"""Reprocessing against real PostgreSQL and Redis: the outbox sweep, dead letters and re-drive, and the
+"""Reprocessing against real PostgreSQL and Redis: the outbox sweep, parked batches and re-drive, and the
 derived-field refresh."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import derived
 from models.tables import Batch, Trace
-from services.delivery import ingest_message
-from services.ingest import BatchIn, ingest_batch
-from services.message_parsing import Limits
-from services.parking import RAW_PAYLOAD_CAP, park_failed_message
+from services.delivery.deliver import ingest_message
+from services.delivery.parked_rows import RAW_PAYLOAD_CAP
+from services.delivery.parking import park_failed_message
+from services.delivery.parsing import Limits
+from services.ingest import ingest_batch
 from services.reports import get_batch_status, store_totals
 from services.reprocess import (
     count_stale_traces,
@@ -29,11 +30,11 @@ from services.reprocess import (
     redrive_batch,
     refresh_stale_derived_chunk,
 )
-from services.validation import validate_traces
+from services.validation import BatchIn, validate_traces
 from tests.streams import STREAM, stream_events
-from worker.devtools.local_stack import free_port
-from worker.devtools.sample_traces import generate_traces
-from worker.events import RedisStreamPublisher
+from worker.edge.publisher import RedisStreamPublisher
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import free_port
 
 LIMITS = Limits(max_batch=1000, max_bytes=8 * 1024 * 1024, max_deliveries=5)
 
@@ -145,7 +146,7 @@ async def test_version_bump_refreshes_exactly_the_stale_rows_chunk_by_chunk(
 ) -> None:
     async def store(count: int, seed: int) -> uuid.UUID:
         valid = validate_traces(list(generate_traces(count, seed=seed)), max_batch=1000, max_bytes=1 << 23)
-        batch = BatchIn(uuid.uuid4(), "tests", valid.traces, valid.content_hash)
+        batch = BatchIn(uuid.uuid4(), "tests", valid)
         async with sessions() as session:
             await ingest_batch(session, batch, publisher=publisher)
         return batch.batch_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from tests.db import query
-from worker.runtime import current_runtime, replace_abandoned_runtime, stop_runtime
+from worker.edge.runtime import current_runtime, replace_abandoned_runtime, stop_runtime
 
 
 def test_an_abandoned_runtime_is_replaced_and_its_open_transaction_ended(database_url: str) -> None:

@@ -17,10 +17,10 @@ from celery.result import AsyncResult
 from tests.db import query
 from tests.polling import wait_for
 from worker import app, enqueue_batch
-from worker.client.enqueue import delivery_counter_key
-from worker.devtools.local_stack import free_port
-from worker.devtools.sample_traces import generate_traces
-from worker.runtime import stop_runtime
+from worker.edge.runtime import stop_runtime
+from worker.keys import delivery_counter_key
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import free_port
 from worker.settings import environment, get_settings
 
 

@@ -14,13 +14,13 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models.trace_ids import trace_row_id, trace_uuid
-from services.ingest import BatchIn, ingest_batch
-from services.validation import validate_traces
+from services.ingest import ingest_batch
+from services.validation import BatchIn, validate_traces
 from tests.backend_models import TraceDetail, TraceListResponse
 from tests.streams import STREAM
-from worker.devtools.sample_traces import generate_traces
-from worker.events import RedisStreamPublisher
+from worker.edge.publisher import RedisStreamPublisher
 from worker.http_api import create_app
+from worker.localstack.sample_traces import generate_traces
 from worker.settings import environment
 
 TOKEN = "read-routes-token"
@@ -42,7 +42,7 @@ async def store(
 ) -> tuple[uuid.UUID, list[int]]:
     """Store `traces` as one batch through the ingest service; (its id, its row ids in position order)."""
     valid = validate_traces(traces, max_batch=1000, max_bytes=8 * 1024 * 1024)
-    batch = BatchIn(uuid.uuid4(), "tests", valid.traces, valid.content_hash)
+    batch = BatchIn(uuid.uuid4(), "tests", valid)
     redis = Redis.from_url(redis_url)
     try:
         async with sessions() as session:

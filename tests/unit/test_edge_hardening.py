@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from worker.runtime import APPLICATION_NAME_MAX_BYTES, worker_application_name
+from worker.edge.runtime import APPLICATION_NAME_MAX_BYTES, worker_application_name
 from worker.settings import Settings
 
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from models.schemas import META_MAX_DEPTH
-from services.dead_letter import raw_payload_text
+from services.delivery.parked_rows import raw_payload_text
 from services.errors import BatchRejected
 from services.json_depth import too_deep_field
 from services.validation import validate_body, validate_traces

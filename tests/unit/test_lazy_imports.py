@@ -34,7 +34,7 @@ def test_the_consumer_and_follow_leave_the_celery_app_fastapi_and_the_bench_unlo
     loaded = modules_loaded_by("from worker import follow_ingested; import worker.cli.follow")
 
     assert "worker.client.consumer" in loaded
-    assert not loaded & {"worker.celery_app", "fastapi", "worker.cli.bench", "worker.cli.run"}
+    assert not loaded & {"worker.edge.app", "fastapi", "worker.cli.bench", "worker.cli.run"}
 
 
 def test_every_command_is_found_where_the_table_says() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from worker.celery_app import celery_config
+from worker.edge.app import celery_config
 from worker.redis_connect import RedisUrlError, SentinelTarget, celery_redis_options, sentinel_target
 from worker.settings import Settings, redact
 

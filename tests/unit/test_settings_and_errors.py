@@ -14,9 +14,9 @@ from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from services.errors import BatchConflict, BatchRejected, PublishFailed, QueueFull, TraceError
-from worker.celery_app import celery_config
 from worker.client.jsonl import read_jsonl
-from worker.retry_policy import decide, is_transient
+from worker.edge.app import celery_config
+from worker.edge.retry import decide, is_transient
 from worker.settings import Settings, redact
 
 

@@ -1,4 +1,4 @@
-"""The wire rules of PRODUCT.md §3–§4, and the seed project's batch-endpoint cases, without any server."""
+"""The wire rules of PRODUCT.md §3–§4, and the tunix-rt backend's batch-endpoint cases, without any server."""
 
 from __future__ import annotations
 
@@ -196,25 +196,25 @@ def test_every_problem_is_listed_and_the_message_is_readable() -> None:
     assert "trace 2: final_answer: Field required" in str(error)
 
 
-class SeedStep(BaseModel):
+class BackendStep(BaseModel):
     i: int
     type: str
     content: str
 
 
-class SeedTrace(BaseModel):
-    """A producer's own pydantic model, as the seed project's `ReasoningTrace`."""
+class BackendTrace(BaseModel):
+    """A producer's own pydantic model, as the tunix-rt backend's `ReasoningTrace`."""
 
     trace_version: str
     prompt: str
     final_answer: str
-    steps: list[SeedStep]
+    steps: list[BackendStep]
     meta: dict[str, Any] | None = None
 
 
 def test_pydantic_models_and_dicts_validate_alike_and_hash_alike() -> None:
     as_dicts = validate_traces([trace()], **LIMITS)
-    as_models = validate_traces([SeedTrace.model_validate(trace())], **LIMITS)
+    as_models = validate_traces([BackendTrace.model_validate(trace())], **LIMITS)
     assert as_models.traces == as_dicts.traces
     assert as_models.content_hash == as_dicts.content_hash
 

@@ -13,9 +13,10 @@ import click
 from services.reports import get_batch_status
 from services.reprocess import find_failed_batches, redrive_batch
 from worker.cli.common import ExpectedFailure, expected_failures, json_ready
-from worker.cli.oneshot import with_session
-from worker.client.enqueue import resend_message_async, wait_for_outcomes
+from worker.client.enqueue import wait_for_outcomes
 from worker.client.jsonl import JsonlLine, JsonlOutcome, enqueue_jsonl, read_jsonl
+from worker.edge.hand_over import resend_message_async
+from worker.edge.oneshot import with_session
 from worker.settings import get_settings
 
 

@@ -7,66 +7,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from worker.celery_app import app
+from worker.bench.growth import DEFAULT_LEVELS, growth_table, measure_growth
+from worker.bench.report import bench_table
+from worker.bench.run import BENCH_PADDING, bench_redis, measure
 from worker.cli.migrate import upgrade_to_head
-from worker.devtools.bench_export import export_rows
-from worker.devtools.bench_growth import DEFAULT_LEVELS, growth_table, measure_growth
-from worker.devtools.bench_run import BENCH_PADDING, bench_redis, measure
-from worker.devtools.local_stack import PostgresServer
+from worker.edge.app import app
+from worker.localstack.servers import PostgresServer
 from worker.settings import environment
-
-
-def _table(f: dict[str, Any]) -> str:
-    latency = f["latency_ms"]
-    rows = [
-        ("traces / batch size / trace size", f"{f['traces']:,} / {f['batch_size']} / {f['trace_bytes']:,} B"),
-        ("worker processes / Redis", f"{f['processes']} ({f['pool']}) / {f['redis_mode']}"),
-        ("drain rate (queue -> committed+published)", f"{f['drain_rate']:,.0f} traces/s ({f['drain_seconds']:.1f} s)"),
-        (f"raw COPY ceiling ({f['processes']} connections)", f"{f['copy_rate']:,.0f} traces/s"),
-        ("drain / COPY ratio", f"{f['ratio']:.2f}"),
-        (
-            f"tunix-rt backend pattern (ORM add_all, {f['processes']} sessions)",
-            f"{f['seed_rate']:,.0f} traces/s on {f['seed_traces']:,} of them; drain is {f['seed_speedup']:.1f}x",
-        ),
-        ("enqueue rate (1 producer, validated)", f"{f['enqueue_rate']:,.0f} traces/s"),
-        (
-            f"HTTP enqueue rate (1 uvicorn, {f['http_clients']} clients)",
-            f"{f['http_enqueue_rate']:,.0f} traces/s ({f['http_enqueue_rate'] / f['enqueue_rate']:.2f}x the producer)",
-        ),
-        (
-            f"follow export to a file ({f['follow']['parallel']} consumers)",
-            f"{f['follow']['rate']:,.0f} traces/s ({f['follow']['lines']:,} lines, {f['follow']['mib']:,.0f} MiB in "
-            f"{f['follow']['seconds']:.1f} s; the command {f['follow']['wall_s']:.1f} s with start-up and idle exit)",
-        ),
-        (
-            f"SELECT ceiling ({f['follow']['parallel']} connections, rows dropped)",
-            f"{f['select_rate']:,.0f} traces/s; follow / ceiling {f['follow_ratio']:.2f}",
-        ),
-        *export_rows(f),
-        ("drain rate in 100-trace batches", f"{f['small_batch_rate']:,.0f} traces/s"),
-        (
-            "latency enqueue->published at half that",
-            f"p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms ({latency['batches']} batches of 100)",
-        ),
-        (
-            "HTTP ?wait until 201 at that load",
-            f"p50 {f['http_wait_ms']['p50']:.1f} ms, p99 {f['http_wait_ms']['p99']:.1f} ms; after the batch's event "
-            f"p50 {f['http_wait_ms']['after_event_p50']:.1f} ms, p99 {f['http_wait_ms']['after_event_p99']:.1f} ms",
-        ),
-        (
-            "CPU per trace during the drain",
-            ", ".join(f"{name} {micros:.0f} us" for name, micros in f["cpu_us_per_trace"].items()),
-        ),
-        ("worker RSS start -> end", f"{f['rss_start_mib']:.0f} MiB -> {f['rss_end_mib']:.0f} MiB"),
-        ("Redis memory per queued batch / its body", f"{f['redis_memory_ratio']:.2f}"),
-        ("machine", f["machine"]),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def _levels(_context: click.Context, _parameter: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -174,5 +124,5 @@ def bench(
     finally:
         postgres.remove()
         shutil.rmtree(work_dir, ignore_errors=True)
-    table = _table if growth_levels is None else growth_table
+    table = bench_table if growth_levels is None else growth_table
     click.echo(json.dumps(figures) if as_json else table(figures))

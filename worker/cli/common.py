@@ -1,4 +1,4 @@
-"""What the commands share: a database session for one command, and turning known errors into one line."""
+"""What the commands share: known errors turned into one line, and values made ready for JSON output."""
 
 from __future__ import annotations
 

@@ -16,8 +16,14 @@ import click
 import orjson
 
 from worker.cli.common import expected_failures
-from worker.client.consumer import IngestedBatch, IngestedLines, follow_ingested_async, follow_ingested_lines_async
-from worker.heap import keep_freed_memory_for_reuse
+from worker.client.consumer import (
+    FOLLOW_CONSUMERS,
+    IngestedBatch,
+    IngestedLines,
+    follow_ingested_async,
+    follow_ingested_lines_async,
+)
+from worker.edge.heap import keep_freed_memory_for_reuse
 
 
 def batch_line(batch: IngestedBatch) -> bytes:
@@ -34,9 +40,6 @@ def batch_line(batch: IngestedBatch) -> bytes:
     )
 
 
-#: Consumers in one `follow`: three SELECTs in flight keep two cores busy while the process writes (measured in
-#: docs/performance.md; two leave PostgreSQL idle between batches, four gain nothing more).
-DEFAULT_PARALLEL = 3
 #: The most buffers one writev takes (POSIX guarantees at least 16; Linux takes 1024).
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
@@ -70,7 +73,7 @@ def write_all(fd: int, pieces: list[bytes]) -> None:
 @click.option(
     "--parallel",
     type=click.IntRange(1, 16),
-    default=DEFAULT_PARALLEL,
+    default=FOLLOW_CONSUMERS,
     show_default=True,
     help="Consumers of the group in this process (CONSUMER/0, /1, …): batches load side by side, written whole.",
 )
@@ -90,7 +93,7 @@ def follow(
     A batch is acknowledged only after its lines are written, so Ctrl-C or a crash leaves it for a later run
     (or another consumer of the group): at least once, never half.
     """
-    keep_freed_memory_for_reuse()  # one JSON encoding per trace: see worker/heap.py
+    keep_freed_memory_for_reuse()  # one JSON encoding per trace: see worker/edge/heap.py
     name = consumer or f"{socket.gethostname()}-{os.getpid()}"
     names = [name] if parallel == 1 or limit is not None else [f"{name}/{index}" for index in range(parallel)]
     exporter = _Exporter(sys.stdout.buffer, per_batch=per_batch, limit=limit)

@@ -9,7 +9,7 @@ import click
 
 from worker.cli.common import expected_failures, json_ready
 from worker.cli.migrate import upgrade_to_head
-from worker.cli.stats import collect_stats
+from worker.monitoring.store_figures import collect_stats
 from worker.settings import get_settings, redact
 
 
@@ -53,7 +53,7 @@ def metrics(port: int, address: str, redis_memory_budget: int | None) -> None:
     """Serve ingest metrics for Prometheus at http://ADDRESS:PORT/metrics until interrupted."""
     from prometheus_client import REGISTRY, start_http_server
 
-    from worker.cli.metrics import IngestCollector
+    from worker.monitoring.collector import IngestCollector
 
     REGISTRY.register(IngestCollector(redis_memory_budget))
     start_http_server(port, addr=address)

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from worker.celery_app import app
 from worker.cli.batches import invalid_lines_summary
 from worker.cli.common import ExpectedFailure
 from worker.cli.migrate import upgrade_to_head
-from worker.cli.stats import collect_stats
 from worker.client.enqueue import wait_for_outcomes
 from worker.client.jsonl import JsonlLine, enqueue_jsonl, read_jsonl
-from worker.devtools.local_stack import PostgresServer, RedisServer, free_port
-from worker.devtools.processes import api_process, beat_process, flower_process, worker_process
-from worker.devtools.sample_traces import generate_traces
-from worker.settings import get_settings, redact
+from worker.localstack.processes import api_process, beat_process, flower_process, worker_process
+from worker.localstack.sample_traces import generate_traces
+from worker.localstack.servers import free_port, local_servers
+from worker.monitoring.store_figures import collect_stats
+from worker.settings import redact
 
 
 class _Stop(Exception):
@@ -32,32 +30,6 @@ class _Stop(Exception):
 
 def _raise_stop(signum: int, _frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def _local_servers(state_dir: Path) -> Iterator[list[str]]:
-    """Start PostgreSQL and Redis under `state_dir` unless DATABASE_URL / REDIS_URL are set; remove them after."""
-    started: list[PostgresServer | RedisServer] = []
-    notes = []
-    try:
-        if "DATABASE_URL" not in os.environ:
-            postgres = PostgresServer(state_dir / "postgres")
-            postgres.start()
-            started.append(postgres)
-            os.environ["DATABASE_URL"] = postgres.url
-            notes.append(f"throwaway PostgreSQL on 127.0.0.1:{postgres.port}")
-        if "REDIS_URL" not in os.environ:
-            redis_server = RedisServer(state_dir / "redis", appendonly=True)
-            redis_server.start()
-            started.append(redis_server)
-            os.environ["REDIS_URL"] = redis_server.url
-            notes.append(f"throwaway Redis (AOF on) on 127.0.0.1:{redis_server.port}")
-        get_settings.cache_clear()
-        app.conf.update(broker_url=os.environ["REDIS_URL"], result_backend=os.environ["REDIS_URL"])
-        yield notes
-    finally:
-        for server in reversed(started):
-            server.remove()
 
 
 def _lines(file: Path | None, count: int) -> list[JsonlLine]:
@@ -170,7 +142,7 @@ def run(
     log_dir = state_dir / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)
     try:
-        with _local_servers(state_dir) as notes:
+        with local_servers(state_dir) as notes:
             for note in notes:
                 click.echo(f"started {note}")
             upgrade_to_head(os.environ["DATABASE_URL"])

@@ -6,7 +6,7 @@ import click
 import uvicorn
 
 from worker.cli.common import ExpectedFailure
-from worker.flower_guard import is_loopback
+from worker.edge.flower_guard import is_loopback
 from worker.http_api.auth import api_tokens
 
 

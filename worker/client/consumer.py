@@ -1,16 +1,7 @@
 """The other end of the pipe (PRODUCT.md §6b): stored batches, handed to consumers through a Redis consumer group.
 
-Each item is one batch with its stored traces, loaded by one SELECT (one session per batch). An item is
-acknowledged only when the caller asks for the next one, i.e. after its code handled it: at least once. A
-consumer that dies leaves its item pending; another consumer of the group claims it after `claim_idle_s`
-(XAUTOCLAIM). Events are at least once (§6): an event of a batch the group has handed over is acknowledged
-and skipped (the group's handled batch ids are kept, bounded); one whose batch another consumer of the group
-is handing over waits, unacknowledged, and is asked about again each round (one atomic check decides, so
-consumers side by side never both take a batch). A batch whose rows are not all there yet (a lagging read
-replica) or any more is never handed over short: it is logged, counted (`short_batch_count`) and left pending,
-to be loaded again once claimed after `claim_idle_s`. A batch is handed over twice to a group only when its
-consumer stops between handing it over and the ack, or holds it past `claim_idle_s`: dedupe by `batch_id`
-downstream where that matters. Entries that are no event are logged, counted and skipped.
+One item per batch, its traces loaded by one SELECT, acknowledged when the caller asks for the next one: at least
+once, never short. The guarantees, the dedupe and the known limits are in docs/operations.md ("Consuming").
 """
 
 from __future__ import annotations
@@ -26,7 +17,8 @@ from redis import Redis
 
 from worker.client.consumer_group import GroupReader
 from worker.client.consumer_items import IngestedBatch, IngestedLines, RowsMissing
-from worker.client.consumer_statements import HANDLED, HELD, short_batches_key
+from worker.client.consumer_statements import HANDLED, HELD
+from worker.keys import short_batches_key
 
 __all__ = [
     "IngestedBatch",
@@ -36,6 +28,11 @@ __all__ = [
     "follow_ingested_lines_async",
     "short_batch_count",
 ]
+
+
+#: Consumers one `follow` process runs by default: three SELECTs in flight keep two cores busy while the process
+#: writes (measured in docs/performance.md; two leave PostgreSQL idle between batches, four gain nothing more).
+FOLLOW_CONSUMERS = 3
 
 
 Loaded = TypeVar("Loaded", IngestedBatch, IngestedLines)

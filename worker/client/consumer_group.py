@@ -13,7 +13,7 @@ import orjson
 from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from worker.client.consumer_items import IngestedBatch, IngestedLines, event_fields, fetch_all_rows, trace_ids
+from worker.client.consumer_items import IngestedBatch, IngestedLines, fetch_all_rows, parse_event_fields, trace_ids
 from worker.client.consumer_statements import (
     HANDLED,
     HELD,
@@ -22,11 +22,8 @@ from worker.client.consumer_statements import (
     RELEASE_TRIMMED,
     TAKE_OVER,
     TAKEN,
-    handled_key,
-    holders_key,
-    malformed_key,
-    short_batches_key,
 )
+from worker.keys import handled_key, holders_key, malformed_key, short_batches_key
 from worker.redis_connect import connect_async
 from worker.settings import get_settings
 
@@ -141,11 +138,11 @@ class GroupReader:
             if trace["meta"] is not None:
                 trace["meta"] = as_value(trace["meta"])
             traces.append(trace)
-        return IngestedBatch(*event_fields(fields), traces, entry_id.decode())
+        return IngestedBatch(*parse_event_fields(fields), traces, entry_id.decode())
 
     async def load_lines(self, entry_id: bytes, fields: dict[bytes, bytes]) -> IngestedLines:
         lines = [row[0] for row in await fetch_all_rows(self.sessions, LOAD_LINES, trace_ids(fields))]
-        return IngestedLines(*event_fields(fields), lines, entry_id.decode())
+        return IngestedLines(*parse_event_fields(fields), lines, entry_id.decode())
 
     async def take_over(self, entry_id: bytes, batch_id: bytes) -> int:
         """TAKEN, HANDLED or HELD (see consumer_statements.TAKE_OVER): hand the batch over, acknowledge the entry

@@ -67,7 +67,7 @@ def trace_ids(fields: dict[bytes, bytes]) -> list[int]:
     return ids
 
 
-def event_fields(fields: dict[bytes, bytes]) -> tuple[UUID, str, datetime | None]:
+def parse_event_fields(fields: dict[bytes, bytes]) -> tuple[UUID, str, datetime | None]:
     """The event's `batch_id`, `source` and `created_at`, the first fields of both items."""
     created_at = fields.get(b"created_at", b"").decode()
     return (

@@ -2,29 +2,6 @@
 Lua scripts that decide, atomically, whether it hands a batch over and release what trimmed entries held, and
 the Redis keys of a group they keep."""
 
-
-def handled_key(stream: str, group: str) -> str:
-    """The batch ids the group has handed over (a sorted set, newest kept)."""
-    return f"ingest:consumer:{stream}:{group}:handled"
-
-
-def holders_key(stream: str, group: str) -> str:
-    """The batches in flight: batch id → `<entry id> <consumer>` of the entry handing it over (TAKE_OVER). A new
-    key: the `in_flight` records of earlier versions name no consumer; that key expires a day after its last
-    write."""
-    return f"ingest:consumer:{stream}:{group}:holders"
-
-
-def malformed_key(stream: str, group: str) -> str:
-    """How many entries were no ingested event (a counter)."""
-    return f"ingest:consumer:{stream}:{group}:malformed"
-
-
-def short_batches_key(stream: str, group: str) -> str:
-    """How many times a batch was loaded with rows missing and left pending (a counter)."""
-    return f"ingest:consumer:{stream}:{group}:short_batches"
-
-
 # The JSON columns come as PostgreSQL's text of them: parsed for Python callers, or passed on untouched
 # (`orjson.Fragment`) by callers that only write them out again.
 LOAD = (

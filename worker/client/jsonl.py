@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from services.dead_letter import raw_payload_text
+from services.delivery.parked_rows import raw_payload_text
 from services.errors import BatchRejected, EnqueueFailed, QueueFull
 from services.json_depth import nesting_problem, too_deep_field
 from services.validation import loads_lenient

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from worker.flower_guard import is_loopback
+from worker.edge.flower_guard import is_loopback
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)

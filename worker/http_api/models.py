@@ -1,4 +1,4 @@
-"""The HTTP API's response bodies; `SeedBatchCreated` is the tunix-rt backend's batch response, field for field."""
+"""The HTTP API's response bodies; `BackendBatchCreated` is the tunix-rt backend's batch response, field for field."""
 
 from __future__ import annotations
 
@@ -17,24 +17,26 @@ class Receipt(BaseModel):
     status_url: str
 
 
-class SeedTrace(BaseModel):
+class BackendTraceCreated(BaseModel):
     #: The UUID form of the trace's row id (`models.trace_ids`): the tunix-rt backend's clients validate ids as UUIDs.
     id: UUID
     created_at: datetime
     trace_version: str
 
 
-class SeedBatchCreated(BaseModel):
+class BackendBatchCreated(BaseModel):
     created_count: int
-    traces: list[SeedTrace]
+    traces: list[BackendTraceCreated]
 
     @classmethod
-    def from_result(cls, result: dict[str, Any], traces: list[dict[str, Any]]) -> SeedBatchCreated:
+    def from_result(cls, result: dict[str, Any], traces: list[dict[str, Any]]) -> BackendBatchCreated:
         """The stored rows in input order (the result's ids are in position order)."""
         return cls(
             created_count=result["count"],
             traces=[
-                SeedTrace(id=trace_uuid(row_id), created_at=result["created_at"], trace_version=trace["trace_version"])
+                BackendTraceCreated(
+                    id=trace_uuid(row_id), created_at=result["created_at"], trace_version=trace["trace_version"]
+                )
                 for row_id, trace in zip(result["ids"], traces, strict=True)
             ],
         )

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from services.reports import BatchStatus, get_batch_status
-from worker.client.enqueue import batch_key
 from worker.http_api.auth import require_token
 from worker.http_api.models import Readiness
+from worker.keys import batch_key
 
 router = APIRouter()
 

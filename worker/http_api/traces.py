@@ -18,7 +18,7 @@ from worker.client.enqueue import BatchReceipt, enqueue_batch_async
 from worker.client.jsonl import loads_json
 from worker.http_api.auth import require_token
 from worker.http_api.body import read_bounded
-from worker.http_api.models import Receipt, SeedBatchCreated
+from worker.http_api.models import BackendBatchCreated, Receipt
 from worker.http_api.waiting import outcome
 from worker.settings import get_settings
 
@@ -79,7 +79,10 @@ TRACE_SCHEMA_DEFS: dict[str, Any] = _TRACE_ARRAY_SCHEMA.pop("$defs", {})
     status_code=202,
     response_model=Receipt,
     responses={
-        201: {"model": SeedBatchCreated, "description": "Stored (with `?wait`): the tunix-rt backend's own response."},
+        201: {
+            "model": BackendBatchCreated,
+            "description": "Stored (with `?wait`): the tunix-rt backend's own response.",
+        },
         400: {"description": "Empty, or more than INGEST_MAX_BATCH traces (the tunix-rt backend's messages)."},
         409: {"description": "The Idempotency-Key was used for other traces."},
         413: {"description": "The body passes INGEST_MAX_BATCH_BYTES."},
@@ -112,5 +115,5 @@ async def post_batch(
     finally:
         watch.forget(batch_id, event)
     if result is not None and result.get("state") == "ingested":
-        return JSONResponse(SeedBatchCreated.from_result(result, traces).model_dump(mode="json"), 201)
+        return JSONResponse(BackendBatchCreated.from_result(result, traces).model_dump(mode="json"), 201)
     return receipt_of(request, receipt)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.errors import BatchConflict
-from worker.celery_app import app
+from worker.edge.app import app
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,38 @@
+"""glibc heap settings for worker processes (glibc only; elsewhere these do nothing).
+
+orjson reserves several times a string's length for each encoding. With glibc's default trim threshold, every
+such reservation at the top of the heap is handed back to the kernel when freed and faulted in again by the
+next one: per-trace encoding then costs ~5x more (measured in docs/performance.md). Workers therefore keep
+freed memory for reuse, and give it back every few tasks instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform == "linux" else None
+_M_TRIM_THRESHOLD = -1
+#: Freed memory a worker keeps at the top of its heap before glibc trims it by itself.
+KEEP_FREED_BYTES = 64 * 1024 * 1024
+#: Tasks between explicit trims: trimming after every batch costs ~10 % throughput (the next batch faults its
+#: pages back in); every 8th keeps RSS flat for about 1 %.
+TRIM_EVERY_TASKS = 8
+_tasks_since_trim = 0
+
+
+def keep_freed_memory_for_reuse() -> None:
+    """Called once per worker process, before its first task."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
+
+
+def return_freed_memory(**_: object) -> None:
+    """A batch decodes into tens of MB of short-lived objects that glibc keeps after they are freed; hand them
+    back to the OS now and then so a long-running worker's RSS stays near its idle size."""
+    global _tasks_since_trim
+    _tasks_since_trim += 1
+    if _LIBC is not None and _tasks_since_trim >= TRIM_EVERY_TASKS:
+        _LIBC.malloc_trim(0)
+        _tasks_since_trim = 0
