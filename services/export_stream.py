@@ -34,10 +34,10 @@ def _size(value: Any) -> int:
     return sum(map(_size, value)) if isinstance(value, list) else 8
 
 
-def _bytes_per_row(rows: Sequence[Any]) -> float:
-    """Average size of a row's values, from a sample of up to 16 rows."""
+def _bytes_per_trace(rows: Sequence[Any], traces: int) -> float:
+    """Average size of a trace's values, from a sample of up to 16 rows (a row per trace, or one for the unit)."""
     sample = rows[:: max(1, len(rows) // 16)]
-    return sum(_size(value) for row in sample for value in row) / len(sample)
+    return sum(_size(value) for row in sample for value in row) / len(sample) * len(rows) / max(traces, 1)
 
 
 async def stream_units(
@@ -47,18 +47,21 @@ async def stream_units(
     columns: str,
     unit_bytes: int,
     joins: str = "",
+    around: str = "{rows}",
     helpers: Sequence[AsyncSession] = (),
 ) -> AsyncGenerator[tuple[ExportUnit, list[Any]], None]:
-    """The selected traces, unit by unit in partition order, as asyncpg records of `columns`; each unit about
-    `unit_bytes` (sized from the rows seen so far). Each loader (a helper, else the session itself) loads one
-    unit while the next waits for it, so at most loaders + 1 units are held. The helpers must have joined the
+    """The selected traces, unit by unit in partition order, as asyncpg records of `columns` (a row per trace,
+    in order), or of `around`, a statement over those rows (`{rows}`); each unit about `unit_bytes` (sized from
+    the rows seen so far). Each loader (a helper, else the session itself) loads one
+    unit while the next waits for it, so at most loaders + 2 units are held (the caller's, and those in flight).
+    The helpers must have joined the
     session's snapshot (`services.export_cursor.share_snapshot`)."""
     planner = UnitPlanner(session, selection)
     own = await driver(session)
     loaders = [await driver(helper) for helper in helpers] or [own]
     # Never two statements at once on one connection, nor on the session that owns it (M10 guardrails).
     busy = {id(loader): asyncio.Lock() for loader in [own, *loaders]}
-    statement = _LOAD.format(columns=columns, joins=joins)
+    statement = around.format(rows=_LOAD.format(columns=columns, joins=joins))
     rows_per_unit = FIRST_UNIT_ROWS
 
     async def load(loader: Any, unit: ExportUnit) -> list[Any]:
@@ -68,22 +71,28 @@ async def stream_units(
 
     in_flight: deque[tuple[ExportUnit, asyncio.Future[list[Any]]]] = deque()
     planned, planning = 0, True
-    try:
-        while True:
-            while planning and len(in_flight) <= len(loaders):
-                async with busy[id(own)]:
-                    unit = await planner.next_unit(rows_per_unit)
-                if unit is None:
-                    planning = False
-                    break
-                in_flight.append((unit, asyncio.ensure_future(load(loaders[planned % len(loaders)], unit))))
-                planned += 1
-            if not in_flight:
+
+    async def top_up() -> None:
+        """Plan units until every loader has one and one more waits: loaders never idle while the caller works."""
+        nonlocal planned, planning
+        while planning and len(in_flight) <= len(loaders):
+            async with busy[id(own)]:
+                unit = await planner.next_unit(rows_per_unit)
+            if unit is None:
+                planning = False
                 return
+            in_flight.append((unit, asyncio.ensure_future(load(loaders[planned % len(loaders)], unit))))
+            planned += 1
+
+    try:
+        await top_up()
+        while in_flight:
             unit, loading = in_flight.popleft()
             rows = await loading
-            if rows:
-                rows_per_unit = max(1, min(MAX_UNIT_ROWS, int(unit_bytes / max(_bytes_per_row(rows), 1.0))))
+            if rows and unit.rows:
+                per_trace = _bytes_per_trace(rows, unit.rows)
+                rows_per_unit = max(1, min(MAX_UNIT_ROWS, int(unit_bytes / max(per_trace, 1.0))))
+            await top_up()  # before the caller takes this unit: the next loads run meanwhile
             yield unit, rows
     finally:  # the caller stopped early, or a load failed: drop what is still loading
         for _, loading in in_flight:

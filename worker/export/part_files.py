@@ -63,7 +63,7 @@ class PartFile(Protocol):
 
 
 class ParquetPart:
-    """Rows become Arrow record batches at once; they are written as one row group when they reach the budget."""
+    """Arrow record batches, written as one row group when they reach the budget."""
 
     def __init__(self, path: Path, row_group_bytes: int) -> None:
         self.file = HashingFile(path)
@@ -79,11 +79,11 @@ class ParquetPart:
             write_statistics=_STATISTICS,
         )
 
-    def write(self, rows: Sequence[Any], source: str) -> None:
-        batch = parquet_rows.record_batch(rows, source)
-        self._pending.append(batch)
-        self._pending_bytes += batch.nbytes
-        self.rows += len(rows)
+    def write(self, rows: pa.RecordBatch, source: str) -> None:
+        """`rows`: a unit's record batch (worker.export.parquet_rows), or a slice of it."""
+        self._pending.append(rows)
+        self._pending_bytes += rows.nbytes
+        self.rows += rows.num_rows
         if self._pending_bytes >= self._budget:
             self._flush()
 

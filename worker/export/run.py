@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.export_cursor import ExportRefused, check_resumable, open_export_snapshot, share_snapshot
-from services.export_query import ExportFilters, count_selected, select_batches
+from services.export_query import ExportFilters, ExportUnit, count_selected, select_batches
 from services.export_stream import stream_units
 from worker.export import jsonl_rows, parquet_rows
 from worker.export.dataset_dir import DatasetDirectory, writing
@@ -99,20 +100,28 @@ async def export_run(
         row_group_bytes=request.row_group_bytes,
         max_file_rows=request.max_file_rows,
     )
-    columns, joins = (
-        (parquet_rows.COLUMNS, parquet_rows.JOINS) if request.form == "parquet" else (jsonl_rows.COLUMNS, "")
-    )
+    parquet = request.form == "parquet"
+    if parquet:
+        for reader in (session, *helpers):
+            for name, value in parquet_rows.TRANSACTION_SETTINGS.items():
+                await reader.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
+    columns, around = (parquet_rows.COLUMNS, parquet_rows.AROUND) if parquet else (jsonl_rows.COLUMNS, "{rows}")
     unit_bytes = min(MAX_UNIT_BYTES, max(1, request.row_group_bytes // 4))
     written = 0
-    units = stream_units(session, selection, columns=columns, joins=joins, unit_bytes=unit_bytes, helpers=helpers)
+
+    def take(unit: ExportUnit, rows: list[Any]) -> None:
+        sink.take(unit, parquet_rows.record_batch(rows[0], unit) if parquet else rows)
+
+    units = stream_units(session, selection, columns=columns, around=around, unit_bytes=unit_bytes, helpers=helpers)
     async with contextlib.aclosing(units):  # a failure stops the loads still in flight
         async for unit, rows in units:
-            if len(rows) != unit.rows:
-                raise ExportRefused(f"batches hold {len(rows)} traces where their trace_count says {unit.rows}")
+            loaded = int(rows[0]["n"]) if parquet else len(rows)
+            if loaded != unit.rows:
+                raise ExportRefused(f"batches hold {loaded} traces where their trace_count says {unit.rows}")
             with writing(directory.root):
-                await asyncio.to_thread(sink.take, unit, rows)  # encoded and written beside the next units' reads
-            written += len(rows)
-            progress.advance(len(rows))
+                await asyncio.to_thread(take, unit, rows)  # converted, encoded and written beside the next reads
+            written += loaded
+            progress.advance(loaded)
     with writing(directory.root):
         files = await asyncio.to_thread(sink.close)
     for reader in (*helpers, session):  # the snapshot's work is done: release it before the files are committed

@@ -44,7 +44,8 @@ class PartitionedSink:
         self._open: _Open | None = None
 
     def take(self, unit: ExportUnit, rows: Sequence[Any]) -> None:
-        """Write one unit's rows (its segments' rows, in order). Called in turn, never concurrently."""
+        """Write one unit's rows (its segments' rows, in order: a row per trace, or one record batch of them).
+        Called in turn, never concurrently."""
         current = self._open
         if current is None or (current.source, current.day) != (unit.source, unit.day):
             current = self._start(unit.source, unit.day)
