@@ -94,6 +94,12 @@ async def count_selected(session: AsyncSession, selection: Selection) -> tuple[i
     return int(row[0]), int(row[1])
 
 
+#: Batches one unit spans at most. A unit is sized in rows from the traces seen before it, and the next ones may be
+#: far larger; a batch holds at most INGEST_MAX_BATCH_BYTES of traces (8 MB by default), so 32 batches keep a
+#: unit, and each of the Parquet form's column buffers, far below PostgreSQL's 1 GB limit on one value.
+MAX_UNIT_BATCHES = 32
+
+
 class Segment(NamedTuple):
     """Positions `first` to `last` of one batch."""
 
@@ -139,7 +145,12 @@ class UnitPlanner:
             return None
         unit = ExportUnit(batch["source"], batch["day"], [])
         room = max(rows, 1)
-        while batch is not None and room > 0 and (batch["source"], batch["day"]) == (unit.source, unit.day):
+        while (
+            batch is not None
+            and room > 0
+            and len(unit.segments) < MAX_UNIT_BATCHES
+            and (batch["source"], batch["day"]) == (unit.source, unit.day)
+        ):
             last = min(batch["trace_count"] - 1, self._next_position + room - 1)
             unit.segments.append(Segment(batch["id"], self._next_position, last))
             room -= last - self._next_position + 1

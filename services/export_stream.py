@@ -53,7 +53,8 @@ async def stream_units(
     """The selected traces, unit by unit in partition order, as asyncpg records of `columns` (a row per trace,
     in order), or of `around`, a statement over those rows (`{rows}`); each unit about `unit_bytes` (sized from
     the rows seen so far). Each loader (a helper, else the session itself) loads one
-    unit while the next waits for it, so at most loaders + 2 units are held (the caller's, and those in flight).
+    unit while the next waits for it, so at most loaders + 2 units are held (the caller's, and those in flight;
+    loaders + 1 without helpers).
     The helpers must have joined the
     session's snapshot (`services.export_cursor.share_snapshot`)."""
     planner = UnitPlanner(session, selection)
@@ -92,8 +93,11 @@ async def stream_units(
             if rows and unit.rows:
                 per_trace = _bytes_per_trace(rows, unit.rows)
                 rows_per_unit = max(1, min(MAX_UNIT_ROWS, int(unit_bytes / max(per_trace, 1.0))))
-            await top_up()  # before the caller takes this unit: the next loads run meanwhile
+            if helpers:  # the next loads run on the helpers while the caller takes this unit
+                await top_up()
             yield unit, rows
+            if not helpers:
+                await top_up()
     finally:  # the caller stopped early, or a load failed: drop what is still loading
         for _, loading in in_flight:
             loading.cancel()

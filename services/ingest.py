@@ -68,6 +68,11 @@ async def claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> d
         index_elements=[Batch.id],
         set_={
             "state": BatchState.INGESTED,
+            # What was validated now, not what a message parked unread only declared: an `ingested` batch
+            # holds exactly `trace_count` rows (the totals and the export count on it).
+            "trace_count": row.excluded.trace_count,
+            "source": row.excluded.source,
+            "enqueued_at": row.excluded.enqueued_at,
             "attempts": row.excluded.attempts,
             "errors": None,
             "raw_payload": None,

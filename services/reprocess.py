@@ -59,7 +59,11 @@ async def publish_unpublished_batches(
         result = IngestResult.stored(
             batch.id, batch.source, ids=ids, created_at=created_at, ingested_at=batch.ingested_at
         )
-        published += (await publish_result(session, result, publisher=publisher)).published
+        if not (await publish_result(session, result, publisher=publisher)).published:
+            # Redis is away or its replicas do not confirm: the next sweep tries again, rather than this one
+            # waiting out every remaining batch (and its time limit) for the same answer.
+            break
+        published += 1
     log.info("outbox sweep published %d of %d unpublished batches", published, len(batches))
     return published
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.export_query import ExportFilters
+from services.export_cursor import open_export_snapshot
+from services.export_query import MAX_UNIT_BATCHES, ExportFilters, UnitPlanner, select_batches
 from tests.exports import export, exported_lines, exported_rows, store
 from tests.integration.test_export_parquet import awkward_traces
 from worker.client.consumer_statements import LOAD_LINES
@@ -100,3 +101,18 @@ async def test_json_lines_are_the_lines_follow_writes_byte_for_byte(
     assert (tmp_path / "out" / exported.path).read_bytes() == follow_lines
     assert [line["batch_id"] for line in exported_lines(tmp_path / "out")] == [str(batch_id)] * len(ids)
     assert (manifest.format, manifest.rows, exported.rows, exported.batches) == ("jsonl", 5, 5, 1)
+
+
+async def test_a_unit_spans_at_most_max_unit_batches_however_small_they_are(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A unit is sized in rows from the traces before it; its batch count is capped too, so traces that turn out
+    far larger cannot make one of PostgreSQL's column buffers pass its 1 GB limit."""
+    for seed in range(MAX_UNIT_BATCHES + 3):
+        await store(sessions, list(generate_traces(1, seed=seed)))
+    async with sessions() as session:
+        await open_export_snapshot(session)
+        planner = UnitPlanner(session, select_batches(ExportFilters(), None))
+        first, second = await planner.next_unit(10_000), await planner.next_unit(10_000)
+        assert first is not None and second is not None and await planner.next_unit(10_000) is None
+    assert (len(first.segments), len(second.segments)) == (MAX_UNIT_BATCHES, 3)

@@ -8,7 +8,7 @@ import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-import worker  # noqa: F401  (the import under test: it connects this product's signal handlers)
+import worker.edge.app  # noqa: F401  (the import under test: building the app connects its signal handlers)
 from worker import keys
 from worker.edge.heartbeat import current_worker_id
 

@@ -21,6 +21,7 @@ from services.delivery.deliver import ingest_message
 from services.delivery.parking import park_failed_message
 from services.delivery.parsing import Limits
 from services.publish import Publisher
+from services.reports import store_totals
 from services.reprocess import find_failed_batches, redrive_batch
 from tests.db import query
 from tests.integration.test_task_edge import outcome, worker_in_this_process
@@ -259,3 +260,33 @@ async def test_a_failed_row_whose_payload_cannot_be_redriven_is_left_for_an_oper
     async with sessions() as session:
         assert not await redrive_batch(session, parked.batch_id, resend=resend, max_redrives=3)
     assert parked.state == "failed" and sent == []
+
+
+async def test_a_revived_batch_counts_the_traces_it_stored_not_those_its_parked_message_declared(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    traces = list(generate_traces(3))
+    body = orjson.dumps(traces, option=orjson.OPT_SORT_KEYS)
+    sent: list[dict[str, Any]] = []
+    events: list[dict[str, str]] = []
+
+    class Recorded:
+        async def publish(self, fields: dict[str, str]) -> None:
+            events.append(fields)
+
+    async def resend(payload: dict[str, Any]) -> None:
+        sent.append(payload)
+
+    async with sessions() as session:  # past its budget: parked unread, with the count its message claims
+        parked = await ingest_message(
+            session, claim_check(body, trace_count=5), body=body, publisher=NoEvents(), limits=LIMITS, attempts=6
+        )
+    async with sessions() as session:
+        assert await redrive_batch(session, parked.batch_id, resend=resend, max_redrives=1)
+    async with sessions() as session:
+        stored = await ingest_message(session, sent[-1], publisher=Recorded(), limits=LIMITS, attempts=1)
+        totals = await store_totals(session)
+
+    assert stored.state == "ingested" and stored.count == 3 and [event["count"] for event in events] == ["3"]
+    assert await rows(sessions, "SELECT state, trace_count FROM batch") == [("ingested", 3)]
+    assert totals.traces_stored == 3  # the totals read batch.trace_count: it must be what the rows are

@@ -21,6 +21,7 @@ from services.delivery.deliver import ingest_message
 from services.delivery.parked_rows import RAW_PAYLOAD_CAP
 from services.delivery.parking import park_failed_message
 from services.delivery.parsing import Limits
+from services.errors import PublishFailed
 from services.ingest import ingest_batch
 from services.reports import get_batch_status, store_totals
 from services.reprocess import (
@@ -198,3 +199,24 @@ async def test_a_hand_crafted_oversize_message_is_rejected_keeping_only_a_capped
     assert result.state == "rejected" and "exceeds maximum" in result.errors[0]["message"]
     assert raw is not None and len(raw) == RAW_PAYLOAD_CAP < len(json.dumps(huge))
     assert raw.startswith('{"batch_id": "')
+
+
+async def test_the_sweep_stops_at_the_first_event_that_does_not_go_out(
+    sessions: async_sessionmaker[AsyncSession], broken_publisher: Any
+) -> None:
+    """Redis away, or its replicas not confirming (each try then waits for them): one try per sweep, not one
+    per unpublished batch, so a sweep ends well inside its time limit; the next sweep tries again."""
+    for seed in range(3):
+        async with sessions() as session:
+            await ingest_message(session, message(seed=seed), publisher=broken_publisher, limits=LIMITS, attempts=1)
+    tried: list[dict[str, str]] = []
+
+    class Unconfirmed:
+        async def publish(self, fields: dict[str, str]) -> None:
+            tried.append(fields)
+            raise PublishFailed("the event reached 0 of 1 Redis replicas within 2000 ms")
+
+    async with sessions() as session:
+        assert await publish_unpublished_batches(session, publisher=Unconfirmed(), older_than=timedelta(0)) == 0
+        assert (await store_totals(session)).unpublished_batches == 3
+    assert len(tried) == 1

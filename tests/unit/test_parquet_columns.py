@@ -102,3 +102,12 @@ def test_an_empty_unit_is_an_empty_batch() -> None:
     empty = dict.fromkeys(unit_record(TRACES, [3, 4])) | {"n": 0}
     batch = parquet_rows.record_batch(empty, ExportUnit("tests", "2026-12-04", []))
     assert batch.num_rows == 0 and isinstance(batch, pa.RecordBatch)
+
+
+def test_buffers_that_disagree_with_their_lengths_stop_the_export() -> None:
+    short_prompt = unit_record(TRACES, [3, 4]) | {"prompt": b"cut short"}
+    with pytest.raises(RuntimeError, match="lengths disagree"):
+        parquet_rows.record_batch(short_prompt, UNIT)
+    odd_hash = unit_record(TRACES, [3, 4]) | {"content_hash": b"0" * 64 + b"f" * 63}
+    with pytest.raises(RuntimeError, match="64-character values"):
+        parquet_rows.record_batch(odd_hash, UNIT)

@@ -66,6 +66,8 @@ async def fill_to(dsn: str, rows: int, batch_size: int) -> dict[str, float]:
         )
         started = time.perf_counter()
         missing = rows - int(await connection.fetchval("SELECT count(*) FROM trace"))
+        if template is None and missing > 0:
+            raise RuntimeError(f"no drained {batch_size}-trace batch to copy: the first level must be 0")
         while missing > 0:
             batches = min(FILL_BATCHES_PER_STATEMENT, -(-missing // batch_size))
             await connection.execute(_FILL, template, batch_size, batches, timeout=3600)

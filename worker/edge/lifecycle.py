@@ -1,11 +1,13 @@
 """What runs when a worker starts and stops: every Celery signal handler of tunix-rt ingest, connected here in
 the order it runs, and the installers that patch kombu and Flower. `worker.edge.app` calls `install` once.
 
-Handlers act only in a worker of this app (one that `heartbeat.name_this_worker` named): importing `worker`
+Handlers act only in a worker of this app: `heartbeat.name_this_worker` names a worker of this app alone, and
+every other handler runs only where a name is (pool processes inherit it). Importing `worker` (a producer does)
 changes nothing for another Celery app's workers in the same process."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -52,11 +54,25 @@ HANDLERS: tuple[tuple[Signal, Callable[..., Any]], ...] = (
 )
 
 
+def in_this_apps_worker(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """`handler`, run only in a process of a worker this app named."""
+    if handler is heartbeat.name_this_worker:  # it decides, from the worker's app, whether to name it
+        return handler
+
+    @functools.wraps(handler)
+    def guarded(**kwargs: Any) -> None:
+        if heartbeat.current_worker_id():
+            handler(**kwargs)
+
+    return guarded
+
+
 def connect_signal_handlers() -> None:
     """Connect every handler once (a dispatch uid per handler: calling this again changes nothing).
     weak=False: a handler lives as long as the worker, whoever holds a reference to it."""
     for signal, handler in HANDLERS:
-        signal.connect(handler, weak=False, dispatch_uid=f"tunix-ingest:{handler.__module__}.{handler.__name__}")
+        uid = f"tunix-ingest:{handler.__module__}.{handler.__name__}"
+        signal.connect(in_this_apps_worker(handler), weak=False, dispatch_uid=uid)
 
 
 def install(app: Celery) -> None:

@@ -113,10 +113,15 @@ def _strings(data: bytes | None, lengths: bytes | None, *, nullable: bool = Fals
     if nullable and (sizes < 0).any():
         validity = pa.array(sizes >= 0).buffers()[1]
         sizes = np.maximum(sizes, 0)
-    return pa.StringArray.from_buffers(len(sizes), pa.py_buffer(_offsets(sizes)), pa.py_buffer(data or b""), validity)
+    offsets = _offsets(sizes)
+    if int(offsets[-1]) != len(data or b""):
+        raise RuntimeError("PostgreSQL's text buffer and its lengths disagree")
+    return pa.StringArray.from_buffers(len(sizes), pa.py_buffer(offsets), pa.py_buffer(data or b""), validity)
 
 
 def _fixed_width(data: bytes | None, width: int, count: int) -> pa.Array:
+    if len(data or b"") != width * count:
+        raise RuntimeError(f"a column of {width}-character values holds one of another length")
     offsets = np.arange(count + 1, dtype=np.int32) * width
     return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data or b""))
 

@@ -22,7 +22,7 @@ from worker.export.dataset_dir import DatasetDirectory, writing
 from worker.export.manifest import Format, Manifest, read_manifest
 from worker.export.sink import PartitionedSink
 
-#: The most one unit read from PostgreSQL holds (each loader holds one, and one more waits).
+#: The most one unit read from PostgreSQL holds (each loader holds one, one more waits, and the caller has one).
 MAX_UNIT_BYTES = 8 << 20
 
 
@@ -104,7 +104,10 @@ async def export_run(
     if parquet:
         for reader in (session, *helpers):
             for name, value in parquet_rows.TRANSACTION_SETTINGS.items():
-                await reader.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value})
+                await reader.execute(  # only where the server knows the setting (enable_memoize: PostgreSQL 14+)
+                    text("SELECT set_config(name, :value, true) FROM pg_settings WHERE name = :name"),
+                    {"name": name, "value": value},
+                )
     columns, around = (parquet_rows.COLUMNS, parquet_rows.AROUND) if parquet else (jsonl_rows.COLUMNS, "{rows}")
     unit_bytes = min(MAX_UNIT_BYTES, max(1, request.row_group_bytes // 4))
     written = 0
