@@ -48,12 +48,16 @@ UNION ALL SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM p
 """
 
 
-async def stored_traces(dsn: str) -> int:
+async def _count(dsn: str, query: str) -> int:
     connection = await asyncpg.connect(dsn)
     try:
-        return int(await connection.fetchval("SELECT count(*) FROM trace"))
+        return int(await connection.fetchval(query))
     finally:
         await connection.close()
+
+
+async def stored_traces(dsn: str) -> int:
+    return await _count(dsn, "SELECT count(*) FROM trace")
 
 
 async def fill_to(dsn: str, rows: int, batch_size: int) -> dict[str, float]:
@@ -126,11 +130,7 @@ async def retention(dsn: str, traces: int) -> dict[str, float]:
 
 
 async def _published(dsn: str) -> int:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return int(await connection.fetchval("SELECT count(*) FROM batch WHERE published_at IS NOT NULL"))
-    finally:
-        await connection.close()
+    return await _count(dsn, "SELECT count(*) FROM batch WHERE published_at IS NOT NULL")
 
 
 def drain_once(
