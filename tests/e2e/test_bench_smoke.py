@@ -14,6 +14,11 @@ def test_bench_reports_every_figure_as_json() -> None:
     for rate in ("drain_rate", "copy_rate", "enqueue_rate", "backend_rate", "small_batch_rate", "http_enqueue_rate"):
         assert figures[rate] > 0
     assert figures["ratio"] == figures["drain_rate"] / figures["copy_rate"]
+    assert figures["copy_postgresql_us"] > 0  # PostgreSQL's CPU per trace in the raw COPY, measured
+    assert figures["postgresql_cpu_ratio"] == figures["cpu_us_per_trace"]["postgresql"] / figures["copy_postgresql_us"]
+    pinned = figures["pinned"]  # the drain with PostgreSQL on a core of its own (this machine has two or more)
+    assert pinned["drain_rate"] > 0 and pinned["copy_rate"] > 0 and pinned["drain_postgresql_us"] > 0
+    assert pinned["ratio"] == pinned["drain_rate"] / pinned["copy_rate"]
     assert figures["backend_speedup"] == figures["drain_rate"] / figures["backend_rate"]
     assert figures["follow"]["rate"] > 0 and figures["select_rate"] > 0
     assert 0 < figures["follow"]["seconds"] < figures["follow"]["wall_s"]
@@ -44,6 +49,8 @@ def test_bench_prints_a_table_for_people() -> None:
     for label in (
         "drain rate",
         "raw COPY ceiling (1 connections)",
+        "PostgreSQL CPU per trace, drain / raw COPY",
+        "drain / COPY, PostgreSQL on its own core",
         "1 (prefork) / sentinel",
         "drain / COPY ratio",
         "enqueue rate",

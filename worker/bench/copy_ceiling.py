@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -15,9 +16,22 @@ from models.trace_rows import TRACE_COLUMNS, trace_records
 COPY_TABLE = "bench_copy_trace"
 
 
-async def copy_ceiling(dsn: str, batches: list[list[dict[str, Any]]], connections: int) -> float:
+class CopyFigures(NamedTuple):
+    rate: float
+    #: PostgreSQL's CPU per trace during the COPYs (µs), when a meter was given.
+    postgresql_us: float | None
+
+
+async def copy_ceiling(
+    dsn: str,
+    batches: list[list[dict[str, Any]]],
+    connections: int,
+    *,
+    postgresql_cpu: Callable[[], float] | None = None,
+) -> CopyFigures:
     """Traces per second that `connections` parallel COPYs (one per batch) load into an equivalent table:
-    same columns, defaults, unique key and indexes. The records are built before the clock starts."""
+    same columns, defaults, unique key and indexes. The records are built before the clock starts.
+    `postgresql_cpu`: PostgreSQL's CPU seconds so far, read before and after (its backends still live)."""
     records = [trace_records(uuid.uuid4(), batch) for batch in batches]
     admin = await asyncpg.connect(dsn)
     try:
@@ -35,11 +49,14 @@ async def copy_ceiling(dsn: str, batches: list[list[dict[str, Any]]], connection
                         COPY_TABLE, records=queue.get_nowait(), columns=TRACE_COLUMNS
                     )
 
+        cpu_before = postgresql_cpu() if postgresql_cpu else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(load() for _ in range(connections)))  # one connection per coroutine
         elapsed = time.perf_counter() - started
+        cpu_used = postgresql_cpu() - cpu_before if postgresql_cpu else None
         await pool.close()
         await admin.execute(f"DROP TABLE {COPY_TABLE}")
     finally:
         await admin.close()
-    return sum(len(batch) for batch in records) / elapsed
+    traces = sum(len(batch) for batch in records)
+    return CopyFigures(traces / elapsed, None if cpu_used is None else cpu_used / traces * 1e6)

@@ -68,6 +68,14 @@ def rss_mib(nodes: list[ChildProcess]) -> float:
     return total_kb / 1024
 
 
+async def published_batches(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM batch WHERE published_at IS NOT NULL"))
+    finally:
+        await connection.close()
+
+
 async def wait_until_published(dsn: str, batches: int) -> float:
     """Seconds until `batches` batches are published, polling every 50 ms (callers bound it with a timeout)."""
     connection = await asyncpg.connect(dsn)

@@ -16,7 +16,14 @@ from typing import Any
 
 import asyncpg
 
-from worker.bench.drain import cpu_seconds, enqueue_rate, start_workers, wait_until_published, worker_pids
+from worker.bench.drain import (
+    cpu_seconds,
+    enqueue_rate,
+    published_batches,
+    start_workers,
+    wait_until_published,
+    worker_pids,
+)
 from worker.localstack.sample_traces import generate_traces
 from worker.localstack.servers import PostgresServer
 
@@ -129,16 +136,12 @@ async def retention(dsn: str, traces: int) -> dict[str, float]:
         await connection.close()
 
 
-async def _published(dsn: str) -> int:
-    return await _count(dsn, "SELECT count(*) FROM batch WHERE published_at IS NOT NULL")
-
-
 def drain_once(
     dsn: str, batches: list[list[dict[str, Any]]], processes: int, pool: str, log_dir: Path, postgres: PostgresServer
 ) -> dict[str, float]:
     """Queue `batches` with no worker running, then start the workers and time them to published."""
     traces = sum(len(batch) for batch in batches)
-    already = asyncio.run(_published(dsn))
+    already = asyncio.run(published_batches(dsn))
     enqueue_rate(batches, source=GROWTH_SOURCE)
     nodes = start_workers(log_dir, processes, pool)
     try:

@@ -7,6 +7,17 @@ from typing import Any
 from worker.bench.export_rates import export_rows
 
 
+def _pinned_row(pinned: dict[str, Any] | None) -> tuple[str, str]:
+    label = "drain / COPY, PostgreSQL on its own core"
+    if pinned is None:
+        return label, "not measured (one core)"
+    return label, (
+        f"{pinned['ratio']:.2f} ({pinned['drain_rate']:,.0f} / {pinned['copy_rate']:,.0f} traces/s; PostgreSQL on "
+        f"core {pinned['postgresql_core']}, workers on {pinned['worker_cores']}; its CPU per trace "
+        f"{pinned['drain_postgresql_us']:.1f} us drain, {pinned['copy_postgresql_us']:.1f} us COPY)"
+    )
+
+
 def bench_table(f: dict[str, Any]) -> str:
     """The figures of one `measure` run as a two-column text table, one figure a line."""
     latency = f["latency_ms"]
@@ -15,6 +26,12 @@ def bench_table(f: dict[str, Any]) -> str:
         ("worker processes / Redis", f"{f['processes']} ({f['pool']}) / {f['redis_mode']}"),
         ("drain rate (queue -> committed+published)", f"{f['drain_rate']:,.0f} traces/s ({f['drain_seconds']:.1f} s)"),
         (f"raw COPY ceiling ({f['processes']} connections)", f"{f['copy_rate']:,.0f} traces/s"),
+        (
+            "PostgreSQL CPU per trace, drain / raw COPY",
+            f"{f['postgresql_cpu_ratio']:.2f} ({f['cpu_us_per_trace']['postgresql']:.1f} us / "
+            f"{f['copy_postgresql_us']:.1f} us)",
+        ),
+        _pinned_row(f["pinned"]),
         ("drain / COPY ratio", f"{f['ratio']:.2f}"),
         (
             f"tunix-rt backend pattern (ORM add_all, {f['processes']} sessions)",

@@ -32,6 +32,7 @@ from worker.bench.drain import (
 from worker.bench.export_rates import export_rates
 from worker.bench.follow_rates import follow_rate, select_ceiling
 from worker.bench.http_enqueue import HTTP_CLIENTS, WAIT_WARMUP, http_enqueue_rate, wait_latency_ms
+from worker.bench.pinned import pinned_drain
 from worker.client.consumer import FOLLOW_CONSUMERS as FOLLOW_PARALLEL
 from worker.localstack.processes import api_process
 from worker.localstack.sample_traces import generate_traces
@@ -138,14 +139,29 @@ def measure(
             node.stop()
         api.stop()
         redis.close()
-    figures["copy_rate"] = asyncio.run(copy_ceiling(dsn, batches, connections=processes))
+    copied = asyncio.run(
+        copy_ceiling(dsn, batches, connections=processes, postgresql_cpu=lambda: cpu_seconds([servers[0].pid()]))
+    )
+    figures["copy_rate"] = copied.rate
     figures["ratio"] = figures["drain_rate"] / figures["copy_rate"]
+    figures["copy_postgresql_us"] = copied.postgresql_us
+    # The pipeline's overhead on the one part that does not scale out: PostgreSQL's CPU per trace, drain / COPY.
+    figures["postgresql_cpu_ratio"] = figures["cpu_us_per_trace"]["postgresql"] / (copied.postgresql_us or 1.0)
     backend_batches = batches[: max(1, BACKEND_PATTERN_TRACES // batch_size)]
     figures["backend_traces"] = sum(len(batch) for batch in backend_batches)
     figures["backend_rate"] = asyncio.run(
         backend_pattern_rate(settings.database_url.get_secret_value(), backend_batches, connections=processes)
     )
     figures["backend_speedup"] = figures["drain_rate"] / figures["backend_rate"]
+    # Last, on traces not stored yet: the drain with PostgreSQL on a core of its own, against COPY on that core.
+    pinned_batches = _chunks(list(generate_traces(trace_count, seed=11, padding=BENCH_PADDING)), batch_size)
+    figures["pinned"] = pinned_drain(
+        dsn,
+        pinned_batches,
+        processes,
+        work_dir / "logs",
+        servers,
+    )
     figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     return figures
 
