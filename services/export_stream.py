@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.export_query import ExportUnit, Selection, UnitPlanner, driver
 
 # One unit's traces: each segment's positions of its batch in order, by the unique index on (batch_id, position).
-# `columns` may use the trace's columns unqualified; `joins` may add lateral subqueries over `trace`.
+# `columns` may use the trace's columns unqualified.
 _LOAD = """
 SELECT {columns}
 FROM unnest($1::uuid[], $2::int[], $3::int[]) WITH ORDINALITY AS chosen(batch_key, first_position, last_position, n)
@@ -22,7 +22,6 @@ CROSS JOIN LATERAL (
     WHERE trace.batch_id = chosen.batch_key AND trace.position BETWEEN chosen.first_position AND chosen.last_position
     ORDER BY trace.position
 ) AS trace
-{joins}
 """
 #: Rows of the first unit, before their size is known; and the most a unit takes, however small the rows.
 FIRST_UNIT_ROWS, MAX_UNIT_ROWS = 64, 20_000
@@ -46,7 +45,6 @@ async def stream_units(
     *,
     columns: str,
     unit_bytes: int,
-    joins: str = "",
     around: str = "{rows}",
     helpers: Sequence[AsyncSession] = (),
 ) -> AsyncGenerator[tuple[ExportUnit, list[Any]], None]:
@@ -62,7 +60,7 @@ async def stream_units(
     loaders = [await driver(helper) for helper in helpers] or [own]
     # Never two statements at once on one connection, nor on the session that owns it (M10 guardrails).
     busy = {id(loader): asyncio.Lock() for loader in [own, *loaders]}
-    statement = around.format(rows=_LOAD.format(columns=columns, joins=joins))
+    statement = around.format(rows=_LOAD.format(columns=columns))
     rows_per_unit = FIRST_UNIT_ROWS
 
     async def load(loader: Any, unit: ExportUnit) -> list[Any]:
