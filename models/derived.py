@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NamedTuple
 
-import orjson
+import msgspec
 
 #: The version of `derive`; stored rows with a lower one are stale. 2: the content hash is taken over the
 #: fields joined by NUL (which no stored string can hold) instead of over a second JSON encoding of the trace.
@@ -26,19 +26,25 @@ class JsonColumns(NamedTuple):
     meta: bytes | None
 
 
-def json_columns(trace: dict[str, Any]) -> JsonColumns:
+#: Canonical JSON of plain values and of the compiled trace structs alike; byte for byte what
+#: `orjson.dumps(..., option=OPT_SORT_KEYS)` writes for plain values (tests/unit/test_compiled_schema.py).
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
+def json_columns(trace: Any) -> JsonColumns:
+    """`trace`: a dict shaped as `TraceIn`, or the compiled struct that reads like one."""
     meta = trace.get("meta")
-    return JsonColumns(
-        orjson.dumps(trace["steps"], option=orjson.OPT_SORT_KEYS),
-        None if meta is None else orjson.dumps(meta, option=orjson.OPT_SORT_KEYS),
-    )
+    return JsonColumns(_CANONICAL.encode(trace["steps"]), None if meta is None else _CANONICAL.encode(meta))
 
 
-def derive(trace: dict[str, Any], columns: JsonColumns | None = None) -> DerivedFields:
+def derive(trace: Any, columns: JsonColumns | None = None) -> DerivedFields:
     """Step count, characters of prompt + answer + step contents, and a sha256 of the trace's content.
-    `columns` (the trace's `json_columns`) saves encoding them again when the caller has them."""
-    steps, meta = columns or json_columns(trace)
-    texts = (trace["trace_version"], trace["prompt"], trace["final_answer"])
-    total_chars = len(texts[1]) + len(texts[2]) + sum(len(step["content"]) for step in trace["steps"])
-    digest = hashlib.sha256(b"\x00".join((*(text.encode() for text in texts), steps, meta or b"null")))
-    return DerivedFields(len(trace["steps"]), total_chars, digest.hexdigest())
+    `columns` (the trace's `json_columns`) saves encoding them again when the caller has them.
+    Written flat: it runs once per stored trace, on the worker's hot path."""
+    steps_json, meta_json = columns or json_columns(trace)
+    version, prompt, answer, steps = trace["trace_version"], trace["prompt"], trace["final_answer"], trace["steps"]
+    total_chars = len(prompt) + len(answer)
+    for step in steps:
+        total_chars += len(step["content"])
+    content = (version.encode(), prompt.encode(), answer.encode(), steps_json, meta_json or b"null")
+    return DerivedFields(len(steps), total_chars, hashlib.sha256(b"\x00".join(content)).hexdigest())

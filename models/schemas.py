@@ -115,10 +115,28 @@ def _meta_problem(value: Any, depth: int) -> tuple[str, str] | None:
     return "", f"holds a {type(value).__name__}, which is not a JSON value"
 
 
+def _flat_and_fine(meta: dict[str, Any]) -> bool:
+    """Whether `meta` is an object of exact JSON scalars that `_meta_problem` would pass (most meta is): decided
+    without a call per value, since every producer and worker runs it on every trace. False sends it to
+    `_meta_problem`, which names what is wrong, if anything."""
+    for key, item in meta.items():
+        kind = type(item)
+        if type(key) is not str:
+            return False
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -(2**63) <= item < 2**63:
+                return False
+        elif kind is not float or not -FLOAT_MAX_MAGNITUDE < item < FLOAT_MAX_MAGNITUDE:  # NaN fails this too
+            return False
+    return True
+
+
 def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     if meta is None:
         return None
-    if found := _meta_problem(meta, 1):
+    if found := None if type(meta) is dict and _flat_and_fine(meta) else _meta_problem(meta, 1):
         where, what = found
         raise ValueError(f"{what} at meta{where}" if what == _TOO_DEEP else f"meta{where} {what}")
     size = len(orjson.dumps(meta))
@@ -129,9 +147,9 @@ def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def unique_step_indices(steps: list[Any]) -> list[Any]:
     """Step indices `i` must be unique within a trace."""
-    indices = [step["i"] for step in steps]
-    if len(set(indices)) == len(indices):
+    if len({step["i"] for step in steps}) == len(steps):
         return steps
+    indices = [step["i"] for step in steps]
     seen: set[int] = set()
     for position, index in enumerate(indices):
         if index in seen:

@@ -3,6 +3,7 @@ bench's raw COPY ceiling, so the two can never drift apart."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -24,13 +25,14 @@ TRACE_COLUMNS = (
 )
 
 
-def trace_records(batch_id: UUID, traces: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """One record per trace, in `TRACE_COLUMNS` order; JSON columns as text (what the jsonb codec takes)."""
-    records = []
-    version = derivation.DERIVATION_VERSION
+def trace_records(batch_id: UUID, traces: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """One record per trace (a dict shaped as `TraceIn`, or its compiled struct), in `TRACE_COLUMNS` order; JSON
+    columns as text (what the jsonb codec takes)."""
+    records: list[tuple[Any, ...]] = []
+    version, json_columns, derive = derivation.DERIVATION_VERSION, derivation.json_columns, derivation.derive
     for position, trace in enumerate(traces):
-        columns = derivation.json_columns(trace)
-        derived = derivation.derive(trace, columns)
+        steps, meta = columns = json_columns(trace)
+        step_count, total_chars, content_hash = derive(trace, columns)
         records.append(
             (
                 batch_id,
@@ -38,11 +40,11 @@ def trace_records(batch_id: UUID, traces: list[dict[str, Any]]) -> list[tuple[An
                 trace["trace_version"],
                 trace["prompt"],
                 trace["final_answer"],
-                columns.steps.decode(),
-                None if columns.meta is None else columns.meta.decode(),
-                derived.step_count,
-                derived.total_chars,
-                derived.content_hash,
+                steps.decode(),
+                None if meta is None else meta.decode(),
+                step_count,
+                total_chars,
+                content_hash,
                 version,
             )
         )

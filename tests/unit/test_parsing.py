@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from models.compiled_schema import as_plain
 from models.messages import BatchMessage, BatchTicket
 from services.delivery.parsing import body_missing, envelope, failed_payload, is_claim_check, parse_delivery
 from services.errors import BatchRejected
@@ -76,4 +77,4 @@ def test_a_failed_payload_of_a_claim_check_reads_back_under_the_hash_its_ticket_
     assert valid.body.decode() in payload  # spliced in as it came, not encoded again
     assert set(json.loads(payload)) == {"batch_id", "source", "traces"}  # the v1 shape: no custody fields
     assert redriven.valid.content_hash == message["content_hash"]  # so the re-drive revives the parked row
-    assert (redriven.batch_id, redriven.valid.traces) == (batch.batch_id, batch.valid.traces)
+    assert (redriven.batch_id, redriven.valid.traces) == (batch.batch_id, as_plain(batch.valid.traces))

@@ -14,7 +14,7 @@ import orjson
 from services.delivery.parked_rows import raw_payload_text
 from services.errors import BatchRejected, EnqueueFailed, QueueFull
 from services.json_depth import nesting_problem, too_deep_field
-from services.validation import loads_lenient
+from services.lenient_json import loads_lenient
 from worker.client.enqueue import BatchReceipt, check_source, enqueue_batch
 
 

@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 
 from models.schemas import TraceIn
 from services.errors import BatchRejected, TraceError
-from services.validation import nesting_rejection
+from services.lenient_json import nesting_rejection
 from worker.client.enqueue import BatchReceipt, enqueue_batch_async
 from worker.client.jsonl import loads_json
 from worker.http_api.auth import require_token

@@ -1,0 +1,147 @@
+"""The trace schema of `models.schemas`, compiled to msgspec: the fast decoder that validates a batch body from bytes.
+
+`TraceIn` and `StepIn` stay the one definition of every §3 rule; this module translates their annotations
+(lengths, bounds, `extra="forbid"`, strict types, after-validators) into msgspec Structs and refuses, at import,
+any constraint it cannot translate, so the two can never drift apart. The fast decoder only ever *accepts*:
+whatever it refuses is validated again by pydantic, whose errors are the messages users see (§3), so a body it
+refuses costs the full path, never another answer.
+
+The structs read like the TypedDicts' dicts (`trace["prompt"]`, `trace.get("meta")`), so one function derives
+the stored columns of either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, NotRequired, get_args, get_origin, get_type_hints
+
+import annotated_types
+import msgspec
+from pydantic import AfterValidator
+from pydantic.fields import FieldInfo
+from pydantic.types import StringConstraints
+
+from models.schemas import TraceIn
+
+_BOUNDS = {
+    annotated_types.Ge: "ge",
+    annotated_types.Le: "le",
+    annotated_types.Gt: "gt",
+    annotated_types.Lt: "lt",
+    annotated_types.MinLen: "min_length",
+    annotated_types.MaxLen: "max_length",
+}
+
+
+def _bound(constraint: Any) -> tuple[str, Any]:
+    for kind, name in _BOUNDS.items():
+        if type(constraint) is kind:
+            return name, getattr(constraint, name)
+    raise TypeError(f"compiled_schema cannot translate the constraint {constraint!r}: add it to _BOUNDS")
+
+
+def _string_bounds(constraints: StringConstraints) -> dict[str, Any]:
+    translated: dict[str, Any] = {"min_length": constraints.min_length, "max_length": constraints.max_length}
+    if constraints.pattern is not None:
+        translated["pattern"] = constraints.pattern
+    untranslated = [
+        name
+        for name in ("strip_whitespace", "to_upper", "to_lower", "strict", "ascii_only")
+        if getattr(constraints, name) is not None
+    ]
+    if untranslated:
+        raise TypeError(f"compiled_schema cannot translate StringConstraints({', '.join(untranslated)})")
+    return {name: value for name, value in translated.items() if value is not None}
+
+
+def _field(hint: Any) -> tuple[Any, list[Callable[[Any], Any]]]:
+    """(the msgspec type of an annotation, its after-validators, in order)."""
+    validators: list[Callable[[Any], Any]] = []
+    bounds: dict[str, Any] = {}
+    if get_origin(hint) is Annotated:
+        hint, *metadata = get_args(hint)
+        for item in metadata:
+            if isinstance(item, AfterValidator):
+                validators.append(item.func)  # type: ignore[arg-type]
+            elif isinstance(item, StringConstraints):
+                bounds |= _string_bounds(item)
+            elif isinstance(item, FieldInfo):
+                bounds |= dict(_bound(constraint) for constraint in item.metadata)
+            else:
+                bounds |= dict([_bound(item)])
+    if get_origin(hint) is list:
+        (item,) = get_args(hint)
+        hint = list[_compiled(item) if _is_typeddict(item) else _field(item)[0]]  # type: ignore[misc]
+    return (Annotated[hint, msgspec.Meta(**bounds)] if bounds else hint), validators
+
+
+def _is_typeddict(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, dict) and hasattr(hint, "__required_keys__")
+
+
+def _read_like_a_dict(self: msgspec.Struct, key: str, default: Any = None) -> Any:
+    value = getattr(self, key, default)
+    return default if value is msgspec.UNSET else value
+
+
+def _post_init(validators: dict[str, list[Callable[[Any], Any]]]) -> Callable[[Any], None]:
+    def run_after_validators(self: Any) -> None:
+        for name, functions in validators.items():
+            value = getattr(self, name)
+            if value is msgspec.UNSET:  # pydantic runs no validator on a key that is absent
+                continue
+            for function in functions:
+                value = function(value)
+            setattr(self, name, value)
+
+    return run_after_validators
+
+
+_COMPILED: dict[type, type[msgspec.Struct]] = {}
+
+
+def _compiled(schema: type) -> type[msgspec.Struct]:
+    """The msgspec Struct of a TypedDict schema: fields in sorted order, so that encoding one writes the
+    canonical JSON (compact, sorted keys) that `json_columns` stores and hashes."""
+    if schema in _COMPILED:
+        return _COMPILED[schema]
+    config = getattr(schema, "__pydantic_config__", {})
+    if config.get("extra") != "forbid" or config.get("strict") is not True:
+        raise TypeError(f"{schema.__name__}: compiled_schema translates only strict schemas with extra='forbid'")
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    validators: dict[str, list[Callable[[Any], Any]]] = {}
+    for name, hint in sorted(get_type_hints(schema, include_extras=True).items()):
+        optional = get_origin(hint) is NotRequired
+        kind, after = _field(get_args(hint)[0] if optional else hint)
+        fields.append((name, kind | msgspec.UnsetType, msgspec.UNSET) if optional else (name, kind))
+        if after:
+            validators[name] = after
+    namespace: dict[str, Any] = {"__getitem__": object.__getattribute__, "get": _read_like_a_dict}
+    if validators:
+        namespace["__post_init__"] = _post_init(validators)
+    # Required fields first (msgspec's rule), each group in sorted order: the structs are only decoded and
+    # read, and `json_columns` encodes them with sorted keys whatever their field order.
+    fields.sort(key=lambda field: len(field) == 3)
+    compiled = msgspec.defstruct(
+        schema.__name__ + "Struct", fields, forbid_unknown_fields=True, namespace=namespace, gc=False
+    )
+    _COMPILED[schema] = compiled
+    return compiled
+
+
+TraceStruct = _compiled(TraceIn)
+_BATCH = msgspec.json.Decoder(list[TraceStruct])  # type: ignore[valid-type]
+
+
+def decode_valid_batch(body: bytes) -> list[Any] | None:
+    """The traces of `body` when every one obeys every rule of `TraceIn`, else None (the full validation then
+    names each problem). Storability (a NUL, a lone surrogate) is the caller's to check."""
+    try:
+        return _BATCH.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+
+
+def as_plain(traces: list[Any]) -> list[dict[str, Any]]:
+    """Traces as the plain dicts pydantic validates (a compiled struct's absent `meta` stays absent)."""
+    return msgspec.to_builtins(traces)  # type: ignore[no-any-return]

@@ -1,0 +1,221 @@
+"""The compiled decoder is `TraceIn`, translated: it accepts exactly the bodies pydantic accepts, reads them as the
+same values, and the stored columns derived from either are the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import struct
+from typing import Annotated, Any
+
+import orjson
+import pytest
+from pydantic import ConfigDict, StringConstraints, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from models import compiled_schema
+from models.compiled_schema import as_plain, decode_valid_batch
+from models.derived import derive, json_columns
+from models.schemas import META_MAX_DEPTH, TraceIn
+from services.validation import holds_nul
+from tests.conftest import SAMPLE_DATA
+
+PYDANTIC = TypeAdapter(list[TraceIn])
+
+
+def sample_traces() -> list[dict[str, Any]]:
+    with (SAMPLE_DATA / "dev-reasoning-v2.jsonl").open(encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines]
+
+
+def base_trace() -> dict[str, Any]:
+    return {
+        "trace_version": "1.0",
+        "prompt": "What is 2 + 2?",
+        "final_answer": "4",
+        "steps": [{"i": 0, "type": "reasoning", "content": "2 + 2 = 4"}, {"i": 1, "type": "check", "content": "ok"}],
+        "meta": {"source": "unit", "n": 3},
+    }
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+#: Values that break, or just keep, a rule: each is tried in every field below.
+PROBES: list[Any] = [
+    None, True, 0, -1, 1.0, 1.5, "", "x", "x" * 64, "x" * 65, [], [1], {}, {"a": 1}, 2**31 - 1, 2**31, 2**63, 1e16,
+]  # fmt: skip
+
+
+def variants() -> list[tuple[str, Any]]:
+    """(what was changed, the batch) for every field set to every probe, removed, or joined by an extra key;
+    plus the lengths, bounds, uniqueness and nesting at and past their limits."""
+    cases: list[tuple[str, Any]] = []
+    for field in ("trace_version", "prompt", "final_answer", "steps", "meta"):
+        for probe in PROBES:
+            cases.append((f"{field}={probe!r:.20}", [{**base_trace(), field: probe}]))
+        cases.append((f"no {field}", [{k: v for k, v in base_trace().items() if k != field}]))
+    for field in ("i", "type", "content"):
+        for probe in PROBES:
+            trace = base_trace()
+            trace["steps"][0][field] = probe
+            cases.append((f"steps[0].{field}={probe!r:.20}", [trace]))
+        trace = base_trace()
+        del trace["steps"][0][field]
+        cases.append((f"no steps[0].{field}", [trace]))
+    lengths = {"prompt": 50_000, "final_answer": 50_000, "trace_version": 64}
+    for field, limit in lengths.items():
+        cases += [(f"{field} of {n}", [{**base_trace(), field: "y" * n}]) for n in (limit, limit + 1)]
+    for n in (20_000, 20_001):
+        trace = base_trace()
+        trace["steps"][1]["content"] = "z" * n
+        cases.append((f"content of {n}", [trace]))
+    for count in (1000, 1001):
+        steps = [{"i": i, "type": "t", "content": "c"} for i in range(count)]
+        cases.append((f"{count} steps", [{**base_trace(), "steps": steps}]))
+    duplicate = base_trace()
+    duplicate["steps"][1]["i"] = 0
+    cases.append(("duplicate step index", [duplicate]))
+    cases += [("extra key", [{**base_trace(), "extra": 1}])]
+    extra_in_step = base_trace()
+    extra_in_step["steps"][0]["extra"] = 1
+    cases.append(("extra key in a step", [extra_in_step]))
+    cases += [
+        (f"meta nested {depth}", [{**base_trace(), "meta": nested(depth)}])
+        for depth in (META_MAX_DEPTH, META_MAX_DEPTH + 1)
+    ]
+    cases += [
+        ("meta too large", [{**base_trace(), "meta": {"blob": "b" * 70_000}}]),
+        ("meta float 1e16", [{**base_trace(), "meta": {"f": 1e16}}]),
+        ("meta float 9.9e15", [{**base_trace(), "meta": {"f": 9.9e15}}]),
+        ("meta int 2**63", [{**base_trace(), "meta": {"n": 2**63}}]),
+        ("meta int -(2**63)", [{**base_trace(), "meta": {"n": -(2**63)}}]),
+        ("meta list", [{**base_trace(), "meta": [1, 2]}]),
+        ("trace not an object", [1]),
+        ("body not a list", {"traces": []}),
+        ("two traces, the second bad", [base_trace(), {**base_trace(), "prompt": ""}]),
+    ]
+    return cases
+
+
+def accepted_by_pydantic(body: bytes) -> bool:
+    try:
+        PYDANTIC.validate_json(body)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("change", "batch"), variants(), ids=[change for change, _ in variants()])
+def test_the_compiled_decoder_accepts_exactly_what_pydantic_accepts(change: str, batch: Any) -> None:
+    body = json.dumps(batch).encode()
+    decoded = decode_valid_batch(body)
+    assert (decoded is not None) == accepted_by_pydantic(body), change
+    if decoded is not None:
+        assert as_plain(decoded) == PYDANTIC.validate_json(body)
+
+
+def test_malformed_json_and_what_only_the_full_path_names_are_left_to_it() -> None:
+    lone_surrogate = json.dumps([{**base_trace(), "prompt": "\ud800"}]).encode()
+    for body in (b"[{", b"", lone_surrogate, b"[" * 5000 + b"]" * 5000, b'[{"meta": ' * 3000):
+        assert decode_valid_batch(body) is None
+
+
+def test_sample_traces_read_back_as_pydantic_reads_them_absent_meta_included() -> None:
+    no_meta = {k: v for k, v in base_trace().items() if k != "meta"}
+    traces = [*sample_traces(), no_meta, {**base_trace(), "meta": None}]
+    body = orjson.dumps(traces, option=orjson.OPT_SORT_KEYS)
+    decoded = decode_valid_batch(body)
+    assert decoded is not None
+    assert as_plain(decoded) == PYDANTIC.validate_json(body) == traces
+    assert decoded[-2].get("meta") is None and decoded[-1].get("meta") is None
+
+
+def orjson_columns_and_hash(trace: dict[str, Any]) -> tuple[bytes, bytes | None, str]:
+    """Derivation version 2 as first written (orjson's canonical JSON): stored rows hold these values."""
+    steps = orjson.dumps(trace["steps"], option=orjson.OPT_SORT_KEYS)
+    meta = None if trace.get("meta") is None else orjson.dumps(trace["meta"], option=orjson.OPT_SORT_KEYS)
+    texts = [trace[name].encode() for name in ("trace_version", "prompt", "final_answer")]
+    return steps, meta, hashlib.sha256(b"\x00".join([*texts, steps, meta or b"null"])).hexdigest()
+
+
+def test_stored_columns_and_derived_fields_are_the_same_from_dicts_and_from_compiled_structs() -> None:
+    traces = sample_traces()
+    decoded = decode_valid_batch(orjson.dumps(traces))
+    assert decoded is not None
+    for plain, compiled in zip(traces, decoded, strict=True):
+        steps, meta, content_hash = orjson_columns_and_hash(plain)
+        assert json_columns(plain) == json_columns(compiled) == (steps, meta)
+        assert derive(plain) == derive(compiled)
+        assert derive(compiled).content_hash == content_hash
+
+
+def random_json(rng: random.Random, depth: int = 0) -> Any:
+    characters = [chr(c) for c in [*range(0x80), 0xA0, 0xFF, 0x2028, 0x2029, 0xFEFF, 0x1F600, 0x10FFFF, 0xE000]]
+
+    def text() -> str:
+        return "".join(rng.choice(characters) for _ in range(rng.randint(0, 10)))
+
+    roll = rng.random()
+    if depth < 4 and roll < 0.2:
+        return {text(): random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+    if depth < 4 and roll < 0.35:
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if roll < 0.55:
+        bits = struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]
+        return bits if math.isfinite(bits) and abs(bits) < 1e16 else rng.uniform(-1e15, 1e15)
+    if roll < 0.7:
+        return rng.randint(-(2**63), 2**63 - 1)
+    return rng.choice([True, False, None]) if roll < 0.75 else text()
+
+
+def test_the_canonical_encoder_writes_what_orjson_wrote_byte_for_byte() -> None:
+    rng = random.Random(20261204)
+    for _ in range(20_000):
+        meta = {"m": random_json(rng)}
+        trace = {**base_trace(), "meta": meta}
+        assert json_columns(trace).meta == orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)
+
+
+def test_a_rule_the_compiler_cannot_translate_stops_it_at_import() -> None:
+    class Lowered(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+        name: Annotated[str, StringConstraints(to_lower=True)]
+
+    class Lenient(TypedDict):
+        name: str
+
+    with pytest.raises(TypeError, match="to_lower"):
+        compiled_schema._compiled(Lowered)
+    with pytest.raises(TypeError, match="strict"):
+        compiled_schema._compiled(Lenient)
+
+
+@pytest.mark.parametrize(
+    ("body", "holds"),
+    [
+        (b'["no escapes at all", 1000, 0.0000]', False),
+        (b'["a NUL \\u0000 inside"]', True),
+        (b'["an escaped backslash, then text: \\\\u0000"]', False),
+        (b'["a backslash, then a NUL: \\\\\\u0000"]', True),
+        (b'["other escapes \\n \\" \\u0001 \\u00000"]', True),
+        (b'["\\u0001", "\\t"]', False),
+    ],
+)
+def test_holds_nul_reads_json_escapes_as_json_does(body: bytes, holds: bool) -> None:
+    assert holds_nul(body) is holds
+    assert ("\x00" in "".join(value for value in json.loads(body) if isinstance(value, str))) is holds
+
+
+def test_holds_nul_agrees_with_the_decoded_strings_on_random_text() -> None:
+    rng = random.Random(7)
+    alphabet = ["\x00", "\\", "u", "0", "a", '"', "\n", "\x01"]
+    for _ in range(5_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert holds_nul(orjson.dumps([text])) is ("\x00" in text)
