@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from typing import Any, cast
 from uuid import UUID, uuid4
 
+import httpx
+import orjson
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -18,8 +20,9 @@ from worker import enqueue_batch, keys
 from worker.custody import records as custody
 from worker.custody import recovery as custody_recovery
 from worker.edge.wire import task_kwargs_of
+from worker.http_api import create_app
 from worker.localstack.sample_traces import generate_traces
-from worker.settings import get_settings
+from worker.settings import environment, get_settings
 
 
 @pytest.fixture
@@ -77,6 +80,26 @@ def test_twenty_retries_of_a_batch_whose_replicas_lag_leave_one_record_and_one_b
     assert client.llen("ingest") == 0  # nothing was acknowledged, so nothing was sent
     (ticket,) = custody_keys(client, "ticket")
     assert out_of_the_queue(redis_url) == [ticket.rsplit(b":", 1)[1].decode()]  # the re-send still delivers it
+
+
+async def test_twenty_retries_over_http_while_replicas_lag_are_each_503_and_leave_one_record(
+    lagging_replicas: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    body = orjson.dumps(list(generate_traces(100)))
+    batch_id = str(uuid4())
+
+    with environment(INGEST_API_TOKENS="retrying-producer"):
+        transport = httpx.ASGITransport(app=create_app())
+        headers = {"Authorization": "Bearer retrying-producer", "Idempotency-Key": batch_id}
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers) as http:
+            # What the 503's detail tells a client to do: send it again under the same Idempotency-Key.
+            answers = [await http.post("/api/traces/batch", content=body) for _ in range(20)]
+
+    assert [answer.status_code for answer in answers] == [503] * 20, answers[0].text
+    assert {answer.json()["batch_id"] for answer in answers} == {batch_id}
+    assert len(custody_keys(client, "body")) == len(custody_keys(client, "ticket")) == 1
+    assert custody.figures(client).in_transit == 1 and client.llen("ingest") == 0
 
 
 def test_a_retry_that_is_confirmed_sends_the_claim_check_of_the_batchs_one_record(

@@ -1,6 +1,7 @@
 """Hostile bodies at the HTTP API (PRODUCT.md §4b, §8.12), in this process (the app on httpx's ASGI transport,
-real Redis behind it): huge integers and deep nesting answer the tunix-rt backend's 4xx shapes, a JSON Lines
-flood answers its first problems and a count, and the route's memory stays bounded at its body cap."""
+real Redis behind it): huge integers, floats of 1e300 and deep nesting answer the tunix-rt backend's 4xx shapes
+(numbered lines for JSON Lines), a JSON Lines flood answers its first problems and a count, and the route's memory
+stays bounded at its body cap."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def trace_with_raw_meta(meta_json: str) -> bytes:
 
 
 HUGE_INTEGER_TRACE = trace_with_raw_meta('{"tokens": ' + "9" * 5000 + "}")
+#: A float PostgreSQL's jsonb would read back as an integer, not as the number sent.
+HUGE_FLOAT_TRACE = trace_with_raw_meta('{"x": 1e300}')
+GOOD_LINE = orjson.dumps(next(iter(generate_traces(1))))
 
 
 async def test_a_batch_with_a_5000_digit_integer_is_422_naming_its_field(client: httpx.AsyncClient) -> None:
@@ -64,15 +68,46 @@ async def test_a_batch_with_meta_nested_deeply_is_422_naming_its_field(client: h
     assert response.json()["detail"][0]["msg"].startswith("nesting is deeper than 32 levels")
 
 
-async def test_a_jsonl_line_with_a_5000_digit_integer_is_named_by_number(client: httpx.AsyncClient) -> None:
-    good = orjson.dumps(next(iter(generate_traces(1))))
+async def test_a_batch_with_a_float_of_1e300_is_422_naming_its_field(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/traces/batch", content=b"[" + HUGE_FLOAT_TRACE + b"]")
 
-    response = await client.post("/api/traces/jsonl", content=good + b"\n" + HUGE_INTEGER_TRACE + b"\n")
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["body", 0, "meta"]
+    assert problem["msg"].startswith("meta.x is a float of magnitude 1e16 or more")
+
+
+async def test_a_jsonl_line_with_a_5000_digit_integer_is_named_by_number(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/traces/jsonl", content=GOOD_LINE + b"\n" + HUGE_INTEGER_TRACE + b"\n")
 
     assert response.status_code == 202, response.text
     assert response.json()["trace_count"] == 1
     (problem,) = response.json()["invalid_lines"]
     assert (problem["line"], problem["field"]) == (2, "meta") and "5000 digits" in problem["message"]
+
+
+# Deeper than 3,000 levels a line passes this fixture's 64 KiB batch cap and is refused for its length instead.
+@pytest.mark.parametrize("depth", [300, 1000, 3000])
+async def test_a_jsonl_line_with_meta_nested_deeply_is_named_by_number(client: httpx.AsyncClient, depth: int) -> None:
+    deep = trace_with_raw_meta('{"k":' * depth + '"\\u0000"' + "}" * depth)
+
+    response = await client.post("/api/traces/jsonl", content=GOOD_LINE + b"\n" + deep + b"\n")
+
+    assert response.status_code == 202, response.text
+    assert response.json()["trace_count"] == 1
+    (problem,) = response.json()["invalid_lines"]
+    assert (problem["line"], problem["field"]) == (2, "meta")
+    assert problem["message"].startswith("nesting is deeper than 32 levels")
+
+
+async def test_a_jsonl_line_with_a_float_of_1e300_is_named_by_number(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/traces/jsonl", content=GOOD_LINE + b"\n" + HUGE_FLOAT_TRACE + b"\n")
+
+    assert response.status_code == 202, response.text
+    assert response.json()["trace_count"] == 1
+    (problem,) = response.json()["invalid_lines"]
+    assert (problem["line"], problem["field"]) == (2, "meta")
+    assert problem["message"].startswith("meta.x is a float of magnitude 1e16 or more")
 
 
 async def test_a_flood_of_bad_lines_answers_the_first_problems_and_a_count(client: httpx.AsyncClient) -> None:
