@@ -142,6 +142,11 @@ def decode_valid_batch(body: bytes) -> list[Any] | None:
         return None
 
 
+#: Compact JSON with sorted keys, of plain values and of the compiled structs alike: byte for byte what
+#: `orjson.dumps(..., option=OPT_SORT_KEYS)` writes for the same values (tests/unit/test_compiled_schema.py).
+canonical_json = msgspec.json.Encoder(order="sorted").encode
+
+
 def as_plain(traces: list[Any]) -> list[dict[str, Any]]:
     """Traces as the plain dicts pydantic validates (a compiled struct's absent `meta` stays absent)."""
     return msgspec.to_builtins(traces)  # type: ignore[no-any-return]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NamedTuple
 
-import msgspec
+from models.compiled_schema import canonical_json
 
 #: The version of `derive`; stored rows with a lower one are stale. 2: the content hash is taken over the
 #: fields joined by NUL (which no stored string can hold) instead of over a second JSON encoding of the trace.
@@ -26,15 +26,10 @@ class JsonColumns(NamedTuple):
     meta: bytes | None
 
 
-#: Canonical JSON of plain values and of the compiled trace structs alike; byte for byte what
-#: `orjson.dumps(..., option=OPT_SORT_KEYS)` writes for plain values (tests/unit/test_compiled_schema.py).
-_CANONICAL = msgspec.json.Encoder(order="sorted")
-
-
 def json_columns(trace: Any) -> JsonColumns:
     """`trace`: a dict shaped as `TraceIn`, or the compiled struct that reads like one."""
     meta = trace.get("meta")
-    return JsonColumns(_CANONICAL.encode(trace["steps"]), None if meta is None else _CANONICAL.encode(meta))
+    return JsonColumns(canonical_json(trace["steps"]), None if meta is None else canonical_json(meta))
 
 
 def derive(trace: Any, columns: JsonColumns | None = None) -> DerivedFields:

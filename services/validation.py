@@ -13,27 +13,15 @@ from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
-import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from models.compiled_schema import decode_valid_batch
+from models.compiled_schema import canonical_json, decode_valid_batch
 from models.schemas import TraceIn, unstorable_text
-from services.errors import BatchRejected, BatchSizeOutOfRange, BatchTooLarge, TraceError
+from services.batch_body import encode_body, holds_nul, too_big
+from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
 from services.lenient_json import decode_leniently
 
 _TRACES = TypeAdapter(list[TraceIn])
-
-
-def holds_nul(body: bytes) -> bool:
-    """Whether the JSON `body` holds a NUL character in some string (JSON can write one only as `\\u0000`).
-    Walks the backslashes, found with memchr, instead of searching for the six bytes: a body's many zero
-    digits make that search ~50x slower, and it runs on every batch."""
-    at = body.find(b"\\")
-    while at >= 0:
-        if body.startswith(b"u0000", at + 1):
-            return True
-        at = body.find(b"\\", at + 2)  # past the escaped character: `\\u0000` is a backslash, then text
-    return False
 
 
 class ValidatedBatch(NamedTuple):
@@ -64,12 +52,6 @@ def _plain(trace: object) -> object:
     return trace
 
 
-def _encode_model(value: object) -> object:
-    if isinstance(value, BaseModel):
-        return value.model_dump()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def field_path(location: Sequence[int | str]) -> str:
     """`("steps", 1, "i")` → `"steps[1].i"`."""
     path = ""
@@ -95,46 +77,6 @@ def _trace_errors(error: ValidationError) -> list[TraceError]:
 def _check_count(count: int, max_batch: int) -> None:
     if not count or count > max_batch:
         raise BatchSizeOutOfRange(count, max_batch)
-
-
-def _too_big(size: str, max_bytes: int) -> BatchTooLarge:
-    return BatchTooLarge([TraceError(None, "traces", f"{size} bytes of JSON exceeds maximum of {max_bytes} per batch")])
-
-
-def _least_json_size(trace: Any) -> int:
-    """A lower bound of a trace's JSON size, without encoding it: the length of its long strings (0 for a
-    malformed trace, which validation then names)."""
-    try:
-        return len(trace["prompt"]) + len(trace["final_answer"]) + sum([len(s["content"]) for s in trace["steps"]])
-    except (TypeError, KeyError, IndexError):
-        return 0
-
-
-def body_of(traces: Sequence[object]) -> bytes:
-    """The batch body of `traces`: compact JSON with sorted keys, what the content hash is of. Raises
-    `TypeError` or `orjson.JSONEncodeError` for what JSON cannot hold (validation then names it)."""
-    return orjson.dumps(traces, option=orjson.OPT_SORT_KEYS, default=_encode_model)
-
-
-def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
-    """The batch body, or None when some trace cannot be encoded (validation then names it).
-
-    Refuses an oversize batch before encoding it when its long strings alone pass `max_bytes` (the encoder
-    reserves several times a string's length, so encoding first could cost gigabytes: PRODUCT.md §8.11), and
-    otherwise after one encoding of the whole list (per-trace encoding costs ~5x more).
-    """
-    least = 1
-    for trace in traces:
-        least += _least_json_size(trace) + 1
-        if least > max_bytes:
-            raise _too_big(f"more than {max_bytes}", max_bytes)
-    try:
-        body = body_of(traces)
-    except (TypeError, orjson.JSONEncodeError):
-        return None
-    if len(body) > max_bytes:
-        raise _too_big(str(len(body)), max_bytes)
-    return body
 
 
 def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int) -> ValidatedBatch:
@@ -183,12 +125,28 @@ def validate_body(body: bytes, *, max_batch: int, max_bytes: int) -> ValidatedBa
     validated in full, so every refusal carries pydantic's messages.
     """
     if len(body) > max_bytes:
-        raise _too_big(str(len(body)), max_bytes)
+        raise too_big(str(len(body)), max_bytes)
     traces: list[Any] | None = None if holds_nul(body) else decode_valid_batch(body)
     if traces is None:
         traces = _validate_body_fully(body, max_batch)
     _check_count(len(traces), max_batch)
     return ValidatedBatch(traces, hashlib.sha256(body).hexdigest(), body)
+
+
+def validate_json_array(body: bytes, *, max_batch: int, max_bytes: int) -> ValidatedBatch | None:
+    """The batch a client's JSON array holds (any spacing, any key order), when the compiled decoder accepts
+    every trace: validated and re-encoded once as the canonical body `validate_traces` would encode for the same
+    traces, so that a batch has one content hash whichever door it came through. None sends the body to the full
+    path (`validate_traces` on its decoded JSON), which names every problem."""
+    if len(body) > max_bytes or holds_nul(body):
+        return None
+    traces = decode_valid_batch(body)
+    if traces is None or not 0 < len(traces) <= max_batch:
+        return None
+    canonical = canonical_json(traces)
+    if len(canonical) > max_bytes:
+        return None
+    return ValidatedBatch(traces, hashlib.sha256(canonical).hexdigest(), canonical)
 
 
 def _validate_body_fully(body: bytes, max_batch: int) -> list[Any]:

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
 from models.tables import Batch, BatchState
+from services.batch_body import body_of
 from services.errors import TraceError
-from services.validation import body_of
 
 #: Batch ids for messages whose own batch_id is unusable are derived from their content under this namespace.
 _UNKEYED_NAMESPACE = uuid.UUID("6d1f2c4e-2f43-4a57-9a58-3b7f1f1c2a10")

@@ -19,7 +19,8 @@ from models import compiled_schema
 from models.compiled_schema import as_plain, decode_valid_batch
 from models.derived import derive, json_columns
 from models.schemas import META_MAX_DEPTH, TraceIn
-from services.validation import holds_nul
+from services.batch_body import holds_nul
+from services.validation import validate_json_array, validate_traces
 from tests.conftest import SAMPLE_DATA
 
 PYDANTIC = TypeAdapter(list[TraceIn])
@@ -219,3 +220,27 @@ def test_holds_nul_agrees_with_the_decoded_strings_on_random_text() -> None:
     for _ in range(5_000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         assert holds_nul(orjson.dumps([text])) is ("\x00" in text)
+
+
+def test_a_clients_json_array_becomes_the_body_the_python_producer_encodes_for_the_same_traces() -> None:
+    traces = sample_traces()
+    as_sent = json.dumps([dict(reversed(trace.items())) for trace in traces], indent=2).encode()
+    from_client = validate_json_array(as_sent, max_batch=1000, max_bytes=8 << 20)
+    from_python = validate_traces(traces, max_batch=1000, max_bytes=8 << 20)
+    assert from_client is not None
+    assert (from_client.body, from_client.content_hash) == (from_python.body, from_python.content_hash)
+    assert as_plain(from_client.traces) == traces
+
+
+@pytest.mark.parametrize(
+    ("change", "body"),
+    [
+        ("no traces", b"[]"),
+        ("one trace too many", json.dumps([base_trace()] * 4).encode()),
+        ("a NUL", json.dumps([{**base_trace(), "prompt": "a\x00b"}]).encode()),
+        ("a rule broken", json.dumps([{**base_trace(), "prompt": ""}]).encode()),
+        ("over the byte limit", json.dumps([{**base_trace(), "prompt": "p" * 5000}]).encode()),
+    ],
+)
+def test_what_the_fast_path_does_not_take_is_left_to_the_full_one(change: str, body: bytes) -> None:
+    assert validate_json_array(body, max_batch=3, max_bytes=4096) is None, change

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from models.schemas import Source
 from services.errors import BatchRejected, EnqueueFailed, TraceError
-from services.validation import validate_traces
+from services.validation import ValidatedBatch, validate_traces
 from worker.edge.app import app
 from worker.edge.hand_over import hand_over
 from worker.redis_connect import shared_client
@@ -61,7 +61,18 @@ def enqueue_batch(traces: Sequence[object], *, source: str, batch_id: UUID | Non
     valid = validate_traces(
         list(traces), max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes
     )
-    batch_id = batch_id or uuid4()
+    return _hand_over(valid, source, batch_id or uuid4())
+
+
+def enqueue_validated(valid: ValidatedBatch, *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
+    """`enqueue_batch` for a batch validated already (`validate_traces`, `validate_json_array`): its source is
+    checked, its body handed over as it is."""
+    check_source(source)
+    return _hand_over(valid, source, batch_id or uuid4())
+
+
+def _hand_over(valid: ValidatedBatch, source: str, batch_id: UUID) -> BatchReceipt:
+    settings = get_settings()
     try:
         task_id = hand_over(valid, source=source, batch_id=batch_id, max_depth=settings.ingest_max_queue_depth)
     except (RedisError, KombuOperationalError, OSError) as error:
@@ -86,3 +97,8 @@ def wait_for_outcomes(receipts: Sequence[BatchReceipt], *, timeout: float) -> tu
 async def enqueue_batch_async(traces: Sequence[object], *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
     """`enqueue_batch` for async producers: runs in a thread so the event loop never blocks on Redis."""
     return await asyncio.to_thread(enqueue_batch, traces, source=source, batch_id=batch_id)
+
+
+async def enqueue_validated_async(valid: ValidatedBatch, *, source: str, batch_id: UUID | None = None) -> BatchReceipt:
+    """`enqueue_validated` for async producers (in a thread, like `enqueue_batch_async`)."""
+    return await asyncio.to_thread(enqueue_validated, valid, source=source, batch_id=batch_id)

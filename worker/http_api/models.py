@@ -29,7 +29,7 @@ class BackendBatchCreated(BaseModel):
     traces: list[BackendTraceCreated]
 
     @classmethod
-    def from_result(cls, result: dict[str, Any], traces: list[dict[str, Any]]) -> BackendBatchCreated:
+    def from_result(cls, result: dict[str, Any], traces: list[Any]) -> BackendBatchCreated:
         """The stored rows in input order (the result's ids are in position order)."""
         return cls(
             created_count=result["count"],

@@ -14,7 +14,8 @@ from pydantic import TypeAdapter
 from models.schemas import TraceIn
 from services.errors import BatchRejected, TraceError
 from services.lenient_json import nesting_rejection
-from worker.client.enqueue import BatchReceipt, enqueue_batch_async
+from services.validation import validate_json_array
+from worker.client.enqueue import BatchReceipt, enqueue_batch_async, enqueue_validated_async
 from worker.client.jsonl import loads_json
 from worker.http_api.auth import require_token
 from worker.http_api.body import read_bounded
@@ -100,14 +101,15 @@ async def post_batch(
 ) -> Any:
     """Enqueue a JSON array of traces as one batch (the tunix-rt backend's request body, byte for byte)."""
     settings = get_settings()
-    traces = _trace_array(await read_bounded(request, settings.ingest_max_batch_bytes))
+    body = await read_bounded(request, settings.ingest_max_batch_bytes)
     batch_id = batch_id_for(idempotency_key) or uuid.uuid4()
     if not wait:
-        return receipt_of(request, await enqueue_batch_async(traces, source=source, batch_id=batch_id))
+        receipt, _ = await _enqueue(body, source, batch_id)
+        return receipt_of(request, receipt)
     watch = request.app.state.events
     event = watch.expect(batch_id)
     try:
-        receipt = await enqueue_batch_async(traces, source=source, batch_id=batch_id)
+        receipt, traces = await _enqueue(body, source, batch_id)
         # Accepted from here on: whatever happens while waiting, the client gets its receipt, never an error
         # that would make it send the batch again under another id; the one exception is a conflict (409),
         # where the id already names other traces and these were never stored.
@@ -117,3 +119,15 @@ async def post_batch(
     if result is not None and result.get("state") == "ingested":
         return JSONResponse(BackendBatchCreated.from_result(result, traces).model_dump(mode="json"), 201)
     return receipt_of(request, receipt)
+
+
+async def _enqueue(body: bytes, source: str, batch_id: uuid.UUID) -> tuple[BatchReceipt, list[Any]]:
+    """Enqueue the body's traces; the receipt, and the traces (for the backend's 201). A valid body is validated
+    and re-encoded in one pass from its bytes; any other is decoded and validated in full, which names every
+    problem (`BatchRejected`)."""
+    settings = get_settings()
+    valid = validate_json_array(body, max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes)
+    if valid is not None:
+        return await enqueue_validated_async(valid, source=source, batch_id=batch_id), valid.traces
+    traces = _trace_array(body)
+    return await enqueue_batch_async(traces, source=source, batch_id=batch_id), traces
