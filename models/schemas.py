@@ -133,13 +133,21 @@ def _flat_and_fine(meta: dict[str, Any]) -> bool:
     return True
 
 
+def json_default(value: object) -> object:
+    """orjson's `default`: a float subclass (numpy's float64 is one) encoded as the float it is; orjson encodes
+    the other JSON scalars' subclasses itself. Anything else stays unencodable (`TypeError`)."""
+    if isinstance(value, float):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     if meta is None:
         return None
     if found := None if type(meta) is dict and _flat_and_fine(meta) else _meta_problem(meta, 1):
         where, what = found
         raise ValueError(f"{what} at meta{where}" if what == _TOO_DEEP else f"meta{where} {what}")
-    size = len(orjson.dumps(meta))
+    size = len(orjson.dumps(meta, default=json_default))
     if size > META_MAX_BYTES:
         raise ValueError(f"serialized size {size} bytes exceeds maximum of {META_MAX_BYTES}")
     return meta

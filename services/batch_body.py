@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from models.schemas import json_default
 from services.errors import BatchTooLarge, TraceError
 
 
@@ -27,9 +28,7 @@ def holds_nul(body: bytes) -> bool:
 
 
 def _encode_model(value: object) -> object:
-    if isinstance(value, BaseModel):
-        return value.model_dump()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return value.model_dump() if isinstance(value, BaseModel) else json_default(value)
 
 
 def too_big(size: str, max_bytes: int) -> BatchTooLarge:

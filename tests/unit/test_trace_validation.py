@@ -240,3 +240,16 @@ def test_the_550_real_sample_traces_validate_cleanly() -> None:
 def test_field_path_renders_list_indices_and_names() -> None:
     assert field_path(("steps", 3, "content")) == "steps[3].content"
     assert field_path(()) == "trace"
+
+
+def test_numpy_floats_in_meta_are_stored_as_the_floats_they_are_and_other_numpy_values_are_refused_by_name() -> None:
+    import numpy
+
+    valid = validate_traces([trace(meta={"loss": numpy.float64(0.25), "lr": numpy.float64(1e-4)})], **LIMITS)
+    assert json.loads(valid.body)[0]["meta"] == {"loss": 0.25, "lr": 1e-4}
+    assert as_plain(validate_body(valid.body, **LIMITS).traces)[0]["meta"] == {"loss": 0.25, "lr": 1e-4}
+
+    error = rejection([trace(meta={"steps": numpy.int64(3)})])
+    assert error.errors == [TraceError(0, "meta", "meta.steps holds a int64, which is not a JSON value")]
+    error = rejection([trace(meta={"loss": numpy.float64("nan")})])
+    assert error.errors == [TraceError(0, "meta", "meta.loss is nan, which JSON cannot represent")]
