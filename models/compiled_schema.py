@@ -1,8 +1,9 @@
-"""The trace schema of `models.schemas`, compiled to msgspec: the fast decoder that validates a batch body from bytes.
+"""The trace schema of `models.schemas`, compiled to msgspec: the fast path that validates a batch from a body's
+bytes (the worker, the HTTP route) or from Python objects (the producer).
 
 `TraceIn` and `StepIn` stay the one definition of every §3 rule; this module translates their annotations
 (lengths, bounds, `extra="forbid"`, strict types, after-validators) into msgspec Structs and refuses, at import,
-any constraint it cannot translate, so the two can never drift apart. The fast decoder only ever *accepts*:
+any constraint it cannot translate, so the two can never drift apart. The fast path only ever *accepts*:
 whatever it refuses is validated again by pydantic, whose errors are the messages users see (§3), so a body it
 refuses costs the full path, never another answer.
 
@@ -12,8 +13,9 @@ the stored columns of either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, NotRequired, get_args, get_origin, get_type_hints
+from collections.abc import Callable, Mapping
+from types import UnionType
+from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
 
 import annotated_types
 import msgspec
@@ -52,6 +54,20 @@ def _string_bounds(constraints: StringConstraints) -> dict[str, Any]:
     if untranslated:
         raise TypeError(f"compiled_schema cannot translate StringConstraints({', '.join(untranslated)})")
     return {name: value for name, value in translated.items() if value is not None}
+
+
+def _container(hint: Any) -> tuple[str, type[msgspec.Struct] | None] | None:
+    """("list", the struct of its items or None) or ("object", None) for an annotation that holds a container."""
+    if get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    kinds = [hint, *get_args(hint)] if get_origin(hint) in (Union, UnionType) else [hint]
+    for kind in kinds:
+        if get_origin(kind) is list:
+            (item,) = get_args(kind)
+            return "list", _compiled(item) if _is_typeddict(item) else None
+        if kind is dict or get_origin(kind) is dict or _is_typeddict(kind):
+            return "object", None
+    return None
 
 
 def _field(hint: Any) -> tuple[Any, list[Callable[[Any], Any]]]:
@@ -98,6 +114,8 @@ def _post_init(validators: dict[str, list[Callable[[Any], Any]]]) -> Callable[[A
 
 
 _COMPILED: dict[type, type[msgspec.Struct]] = {}
+#: Per compiled struct, its fields that hold containers: (name, "list" or "object", the struct of a list's items).
+_CONTAINERS: dict[type, list[tuple[str, str, type[msgspec.Struct] | None]]] = {}
 
 
 def _compiled(schema: type) -> type[msgspec.Struct]:
@@ -110,9 +128,13 @@ def _compiled(schema: type) -> type[msgspec.Struct]:
         raise TypeError(f"{schema.__name__}: compiled_schema translates only strict schemas with extra='forbid'")
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     validators: dict[str, list[Callable[[Any], Any]]] = {}
+    containers: list[tuple[str, str, type[msgspec.Struct] | None]] = []
     for name, hint in sorted(get_type_hints(schema, include_extras=True).items()):
         optional = get_origin(hint) is NotRequired
-        kind, after = _field(get_args(hint)[0] if optional else hint)
+        hint = get_args(hint)[0] if optional else hint
+        if found := _container(hint):
+            containers.append((name, *found))
+        kind, after = _field(hint)
         fields.append((name, kind | msgspec.UnsetType, msgspec.UNSET) if optional else (name, kind))
         if after:
             validators[name] = after
@@ -126,6 +148,7 @@ def _compiled(schema: type) -> type[msgspec.Struct]:
         schema.__name__ + "Struct", fields, forbid_unknown_fields=True, namespace=namespace, gc=False
     )
     _COMPILED[schema] = compiled
+    _CONTAINERS[compiled] = containers
     return compiled
 
 
@@ -139,6 +162,36 @@ def decode_valid_batch(body: bytes) -> list[Any] | None:
     try:
         return _BATCH.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+
+
+def _strict_containers(value: Any, struct: type[msgspec.Struct]) -> bool:
+    """Whether every container in `value` is of the kind pydantic's strict mode takes where `struct` has one:
+    `msgspec.convert` also takes a tuple, set or frozenset for a list and any Mapping for an object."""
+    if not isinstance(value, dict):
+        return not isinstance(value, Mapping)
+    for name, kind, items in _CONTAINERS[struct]:
+        field = value.get(name)
+        if kind == "object":
+            if isinstance(field, Mapping) and not isinstance(field, dict):
+                return False
+        elif isinstance(field, tuple | set | frozenset):
+            return False
+        elif items is not None and isinstance(field, list):
+            for item in field:
+                if not _strict_containers(item, items):
+                    return False
+    return True
+
+
+def convert_valid_batch(traces: list[Any]) -> list[Any] | None:
+    """The traces (Python objects) as compiled structs when every one obeys every rule of `TraceIn` as pydantic's
+    strict mode reads it, else None (the full validation then names each problem)."""
+    if not all(_strict_containers(trace, TraceStruct) for trace in traces):
+        return None
+    try:
+        return msgspec.convert(traces, list[TraceStruct])  # type: ignore[valid-type]
+    except (msgspec.ValidationError, TypeError, ValueError, RecursionError):
         return None
 
 

@@ -4,7 +4,6 @@ never coerced. The task and event messages are in `models.messages`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Annotated, Any, NotRequired
 
 import orjson
@@ -93,7 +92,7 @@ def _meta_problem(value: Any, depth: int) -> tuple[str, str] | None:
         return "", _TOO_DEEP
     if (found := _scalar_problem(value)) is not _NOT_SCALAR:
         return found
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):  # a JSON object; another Mapping is named below
         for key, item in value.items():
             if not isinstance(key, str):
                 return "", f"has a non-string key {key!r}"

@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
 from pydantic import BaseModel
 
+from models.compiled_schema import canonical_json
 from models.schemas import json_default
 from services.errors import BatchTooLarge, TraceError
 
@@ -50,21 +52,39 @@ def body_of(traces: Sequence[object]) -> bytes:
     return orjson.dumps(traces, option=orjson.OPT_SORT_KEYS, default=_encode_model)
 
 
-def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
-    """The batch body, or None when some trace cannot be encoded (validation then names it).
-
-    Refuses an oversize batch before encoding it when its long strings alone pass `max_bytes` (the encoder
-    reserves several times a string's length, so encoding first could cost gigabytes: PRODUCT.md §8.11), and
-    otherwise after one encoding of the whole list (per-trace encoding costs ~5x more).
-    """
+def refuse_surely_too_big(traces: Sequence[object], max_bytes: int) -> None:
+    """Refuse an oversize batch before encoding it when its long strings alone pass `max_bytes`: the encoder
+    reserves several times a string's length, so encoding first could cost gigabytes (PRODUCT.md §8.11)."""
     least = 1
     for trace in traces:
         least += _least_json_size(trace) + 1
         if least > max_bytes:
             raise too_big(f"more than {max_bytes}", max_bytes)
+
+
+def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
+    """The batch body, or None when some trace cannot be encoded (validation then names it). Refuses an oversize
+    batch before encoding it (`refuse_surely_too_big`), otherwise after one encoding of the whole list
+    (per-trace encoding costs ~5x more)."""
+    refuse_surely_too_big(traces, max_bytes)
     try:
         body = body_of(traces)
     except (TypeError, orjson.JSONEncodeError):
+        return None
+    if len(body) > max_bytes:
+        raise too_big(str(len(body)), max_bytes)
+    return body
+
+
+def encode_compiled_body(traces: list[Any], max_bytes: int) -> bytes | None:
+    """The batch body of traces the compiled schema accepted (`convert_valid_batch`): the bytes `encode_body`
+    writes for the same traces, in one pass over the structs. None when it holds what only the full validation
+    names (a NUL, a lone surrogate)."""
+    try:
+        body = canonical_json(traces)
+    except (TypeError, ValueError, UnicodeEncodeError, msgspec.EncodeError):
+        return None
+    if holds_nul(body):
         return None
     if len(body) > max_bytes:
         raise too_big(str(len(body)), max_bytes)

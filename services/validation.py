@@ -15,9 +15,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from models.compiled_schema import canonical_json, decode_valid_batch
+from models.compiled_schema import canonical_json, convert_valid_batch, decode_valid_batch
 from models.schemas import TraceIn, unstorable_text
-from services.batch_body import encode_body, holds_nul, too_big
+from services.batch_body import encode_body, encode_compiled_body, holds_nul, refuse_surely_too_big, too_big
 from services.errors import BatchRejected, BatchSizeOutOfRange, TraceError
 from services.lenient_json import decode_leniently
 
@@ -86,6 +86,11 @@ def validate_traces(traces: Sequence[object], *, max_batch: int, max_bytes: int)
     """
     _check_count(len(traces), max_batch)
     plain = [_plain(trace) for trace in traces]
+    refuse_surely_too_big(plain, max_bytes)
+    compiled = convert_valid_batch(plain)
+    if compiled is not None and (body := encode_compiled_body(compiled, max_bytes)) is not None:
+        return ValidatedBatch(plain, hashlib.sha256(body).hexdigest(), body)
+    # Refused by the compiled rules, or holding what only the full path names: validate in full.
     body = encode_body(plain, max_bytes)
     # Some string may not be storable (a NUL, or a lone surrogate that stops the encoder): name each one.
     _raise_problems(plain, check_text=body is None or holds_nul(body))

@@ -3,23 +3,31 @@ same values, and the stored columns derived from either are the same bytes."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
 import hashlib
 import json
 import math
 import random
 import struct
+import types
+import uuid
 from typing import Annotated, Any
 
+import numpy
 import orjson
 import pytest
 from pydantic import ConfigDict, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from models import compiled_schema
-from models.compiled_schema import as_plain, decode_valid_batch
+from models.compiled_schema import as_plain, convert_valid_batch, decode_valid_batch
 from models.derived import derive, json_columns
 from models.schemas import META_MAX_DEPTH, TraceIn
-from services.batch_body import holds_nul
+from services.batch_body import encode_body, encode_compiled_body, holds_nul
 from services.validation import validate_json_array, validate_traces
 from tests.conftest import SAMPLE_DATA
 
@@ -120,6 +128,83 @@ def test_the_compiled_decoder_accepts_exactly_what_pydantic_accepts(change: str,
     assert (decoded is not None) == accepted_by_pydantic(body), change
     if decoded is not None:
         assert as_plain(decoded) == PYDANTIC.validate_json(body)
+
+
+class Text(str):
+    pass
+
+
+class Whole(int):
+    pass
+
+
+class Real(float):
+    pass
+
+
+class Steps(list[Any]):
+    pass
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    LOW = 0
+
+
+class Named(str, enum.Enum):  # noqa: UP042 (a producer may well have one)
+    NAME = "name"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int = 1
+
+
+#: Python values a producer may hand over where JSON has one kind: the compiled rules must read each as pydantic's
+#: strict mode does (msgspec.convert alone would take a tuple for a list, any Mapping for an object).
+PYTHON_PROBES: list[Any] = [
+    Text("x"), Whole(1), Real(1.5), numpy.float64(0.5), numpy.int64(1), b"x", bytearray(b"x"), decimal.Decimal("1"),
+    datetime.datetime(2026, 12, 4), uuid.UUID(int=1), Colour.RED, Level.LOW, Named.NAME, Point(), (), (1,),
+    Steps([1]), {1}, frozenset([1]), collections.OrderedDict(a=1), types.MappingProxyType({"a": 1}), {1: 2},
+    {"a": (1,)}, {"a": {1}}, {"a": float("nan")}, {"a": Text("x")}, {"a": Real(2.5)}, {"a": Colour.RED},
+    {"a": Named.NAME}, {"a": Level.LOW}, {"a": uuid.UUID(int=2)}, {"a": types.MappingProxyType({"b": 1})},
+]  # fmt: skip
+
+
+def python_variants() -> list[tuple[str, Any]]:
+    cases: list[tuple[str, Any]] = []
+    for field in ("trace_version", "prompt", "final_answer", "steps", "meta"):
+        cases += [(f"{field}={probe!r:.30}", {**base_trace(), field: probe}) for probe in PROBES + PYTHON_PROBES]
+    for field in ("i", "type", "content"):
+        for probe in PROBES + PYTHON_PROBES:
+            trace = base_trace()
+            trace["steps"][0][field] = probe
+            cases.append((f"steps[0].{field}={probe!r:.30}", trace))
+    steps = base_trace()["steps"]
+    for sequence in (tuple, Steps):
+        cases.append((f"steps as {sequence.__name__}", {**base_trace(), "steps": sequence(steps)}))
+    for mapping in (collections.OrderedDict, types.MappingProxyType):
+        cases.append((f"a step as {mapping.__name__}", {**base_trace(), "steps": [mapping(steps[0]), steps[1]]}))
+        cases.append((f"the trace as {mapping.__name__}", mapping(base_trace())))
+    return cases
+
+
+@pytest.mark.parametrize(("change", "trace"), python_variants(), ids=[change for change, _ in python_variants()])
+def test_from_python_objects_the_compiled_rules_accept_what_pydantic_accepts_and_encode_the_same_body(
+    change: str, trace: Any
+) -> None:
+    try:
+        PYDANTIC.validate_python([trace])
+        accepted = True
+    except ValidationError:
+        accepted = False
+    compiled = convert_valid_batch([trace])
+    assert (compiled is not None) == accepted, change
+    if compiled is not None:  # None: what msgspec cannot encode (a str subclass) takes the full path
+        assert encode_compiled_body(compiled, 1 << 20) in (None, encode_body([trace], 1 << 20)), change
 
 
 def test_malformed_json_and_what_only_the_full_path_names_are_left_to_it() -> None:

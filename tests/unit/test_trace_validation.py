@@ -253,3 +253,10 @@ def test_numpy_floats_in_meta_are_stored_as_the_floats_they_are_and_other_numpy_
     assert error.errors == [TraceError(0, "meta", "meta.steps holds a int64, which is not a JSON value")]
     error = rejection([trace(meta={"loss": numpy.float64("nan")})])
     assert error.errors == [TraceError(0, "meta", "meta.loss is nan, which JSON cannot represent")]
+
+
+def test_a_mapping_that_is_not_a_dict_inside_meta_is_refused_by_name_not_raised() -> None:
+    import types
+
+    error = rejection([trace(meta={"a": types.MappingProxyType({"b": 1})})])
+    assert error.errors == [TraceError(0, "meta", "meta.a holds a mappingproxy, which is not a JSON value")]
