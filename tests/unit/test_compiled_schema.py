@@ -27,6 +27,7 @@ from models import compiled_schema
 from models.compiled_schema import as_plain, convert_valid_batch, decode_valid_batch
 from models.derived import derive, json_columns
 from models.schemas import META_MAX_DEPTH, TraceIn
+from models.trace_rows import trace_records
 from services.batch_body import encode_body, encode_compiled_body, holds_nul
 from services.validation import validate_json_array, validate_traces
 from tests.conftest import SAMPLE_DATA
@@ -240,6 +241,8 @@ def test_stored_columns_and_derived_fields_are_the_same_from_dicts_and_from_comp
         assert json_columns(plain) == json_columns(compiled) == (steps, meta)
         assert derive(plain) == derive(compiled)
         assert derive(compiled).content_hash == content_hash
+    batch_id = uuid.uuid4()
+    assert trace_records(batch_id, decoded) == trace_records(batch_id, traces)
 
 
 def random_json(rng: random.Random, depth: int = 0) -> Any:
