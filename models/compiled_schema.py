@@ -25,6 +25,9 @@ from pydantic.types import StringConstraints
 
 from models.schemas import TraceIn
 
+#: Field(...) attributes that only document a field.
+_DOCUMENTATION = {"title", "description", "examples"}
+
 _BOUNDS = {
     annotated_types.Ge: "ge",
     annotated_types.Le: "le",
@@ -44,11 +47,10 @@ def _bound(constraint: Any) -> tuple[str, Any]:
 
 def _string_bounds(constraints: StringConstraints) -> dict[str, Any]:
     translated: dict[str, Any] = {"min_length": constraints.min_length, "max_length": constraints.max_length}
-    if constraints.pattern is not None:
-        translated["pattern"] = constraints.pattern
+    # A pattern is not translated: Python's `$` matches before a final newline, the Rust engine's does not.
     untranslated = [
         name
-        for name in ("strip_whitespace", "to_upper", "to_lower", "strict", "ascii_only")
+        for name in ("strip_whitespace", "to_upper", "to_lower", "strict", "ascii_only", "pattern")
         if getattr(constraints, name) is not None
     ]
     if untranslated:
@@ -82,12 +84,24 @@ def _field(hint: Any) -> tuple[Any, list[Callable[[Any], Any]]]:
             elif isinstance(item, StringConstraints):
                 bounds |= _string_bounds(item)
             elif isinstance(item, FieldInfo):
+                if set(item._attributes_set) - _DOCUMENTATION:  # an alias, a default, …: not a constraint
+                    raise TypeError(f"compiled_schema cannot translate Field({', '.join(item._attributes_set)})")
                 bounds |= dict(_bound(constraint) for constraint in item.metadata)
             else:
                 bounds |= dict([_bound(item)])
     if get_origin(hint) is list:
         (item,) = get_args(hint)
-        hint = list[_compiled(item) if _is_typeddict(item) else _field(item)[0]]  # type: ignore[misc]
+        if _is_typeddict(item):
+            hint = list[_compiled(item)]  # type: ignore[misc]
+        else:
+            item, item_validators = _field(item)
+            if item_validators:
+                raise TypeError("compiled_schema cannot translate validators of list items")
+            hint = list[item]  # type: ignore[valid-type]
+    elif get_origin(hint) in (Union, UnionType) and any(
+        get_origin(member) is Annotated or _is_typeddict(member) for member in get_args(hint)
+    ):
+        raise TypeError(f"compiled_schema cannot translate constraints inside the union {hint}")
     return (Annotated[hint, msgspec.Meta(**bounds)] if bounds else hint), validators
 
 
@@ -124,8 +138,11 @@ def _compiled(schema: type) -> type[msgspec.Struct]:
     if schema in _COMPILED:
         return _COMPILED[schema]
     config = getattr(schema, "__pydantic_config__", {})
-    if config.get("extra") != "forbid" or config.get("strict") is not True:
-        raise TypeError(f"{schema.__name__}: compiled_schema translates only strict schemas with extra='forbid'")
+    if config.get("extra") != "forbid" or config.get("strict") is not True or set(config) - {"extra", "strict"}:
+        raise TypeError(
+            f"{schema.__name__}: compiled_schema translates only strict schemas with extra='forbid' and no other "
+            f"setting (got {dict(config)})"
+        )
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     validators: dict[str, list[Callable[[Any], Any]]] = {}
     containers: list[tuple[str, str, type[msgspec.Struct] | None]] = []
@@ -168,8 +185,8 @@ def decode_valid_batch(body: bytes) -> list[Any] | None:
 def _strict_containers(value: Any, struct: type[msgspec.Struct]) -> bool:
     """Whether every container in `value` is of the kind pydantic's strict mode takes where `struct` has one:
     `msgspec.convert` also takes a tuple, set or frozenset for a list and any Mapping for an object."""
-    if not isinstance(value, dict):
-        return not isinstance(value, Mapping)
+    if not isinstance(value, dict):  # where a TypedDict is, strict pydantic takes a dict and nothing else
+        return False
     for name, kind, items in _CONTAINERS[struct]:
         field = value.get(name)
         if kind == "object":
@@ -185,8 +202,9 @@ def _strict_containers(value: Any, struct: type[msgspec.Struct]) -> bool:
 
 
 def convert_valid_batch(traces: list[Any]) -> list[Any] | None:
-    """The traces (Python objects) as compiled structs when every one obeys every rule of `TraceIn` as pydantic's
-    strict mode reads it, else None (the full validation then names each problem)."""
+    """The traces (Python objects) as compiled structs when every one is a dict that obeys every rule of
+    `TraceIn` as pydantic's strict mode reads it, else None (the full validation then names each problem).
+    Storability is the caller's to check (`services.batch_body.encode_compiled_body`)."""
     if not all(_strict_containers(trace, TraceStruct) for trace in traces):
         return None
     try:

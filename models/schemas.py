@@ -111,7 +111,9 @@ def _meta_problem(value: Any, depth: int) -> tuple[str, str] | None:
     for base in (str, int, float):  # subclasses of the JSON scalars (an exact bool never gets here)
         if isinstance(value, base):
             return _scalar_problem(base(value))
-    return "", f"holds a {type(value).__name__}, which is not a JSON value"
+    kind = type(value)
+    named = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+    return "", f"holds a {named}, which is not a JSON value"
 
 
 def _flat_and_fine(meta: dict[str, Any]) -> bool:
@@ -146,7 +148,10 @@ def _valid_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
     if found := None if type(meta) is dict and _flat_and_fine(meta) else _meta_problem(meta, 1):
         where, what = found
         raise ValueError(f"{what} at meta{where}" if what == _TOO_DEEP else f"meta{where} {what}")
-    size = len(orjson.dumps(meta, default=json_default))
+    try:
+        size = len(orjson.dumps(meta, default=json_default))
+    except orjson.JSONEncodeError:  # a lone surrogate: the storability check names where (`unstorable_text`)
+        return meta
     if size > META_MAX_BYTES:
         raise ValueError(f"serialized size {size} bytes exceeds maximum of {META_MAX_BYTES}")
     return meta

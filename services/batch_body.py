@@ -1,7 +1,8 @@
 """A batch's body: the bytes custody keeps, its content hash is of, and the worker validates. Compact JSON with
-sorted keys, encoded once: by the producer from Python objects (`encode_body`), or by the compiled schema from a
-JSON array a client sent with any spacing and key order (`models.compiled_schema.canonical_json`); the two write
-the same bytes for the same traces (tests/unit/test_compiled_schema.py)."""
+sorted keys, encoded once: from the compiled structs of what the compiled rules accepted (`encode_compiled_body`,
+msgspec; also the HTTP route's re-encoding of a client's array), or from the Python objects the full validation
+reads (`encode_body`, orjson). Both write the same bytes for the same traces (tests/unit/test_compiled_schema.py),
+so a batch has one content hash whichever door it came through."""
 
 from __future__ import annotations
 

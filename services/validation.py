@@ -1,8 +1,10 @@
 """Batch validation shared by the producer side and the worker: never trust the queue.
 
-The producer validates Python objects and encodes the batch body once (`validate_traces`); the worker validates
-that body straight from bytes (`validate_body`). Both read the same schemas in `models.schemas`, the worker
-through their compiled decoder (`models.compiled_schema`) first.
+The producer validates Python objects and encodes the batch body once (`validate_traces`); the HTTP route validates
+a client's JSON array and re-encodes it (`validate_json_array`); the worker validates the body straight from bytes
+(`validate_body`). All read the same schemas in `models.schemas`: first through their compiled form
+(`models.compiled_schema`), which only accepts, then, for whatever it refuses, through pydantic, which names
+every problem.
 """
 
 from __future__ import annotations
@@ -125,9 +127,10 @@ def validate_body(body: bytes, *, max_batch: int, max_bytes: int) -> ValidatedBa
     """Check a batch body (JSON bytes, as `validate_traces` encodes it) against the same rules, parsing and
     validating in one pass. Raises `BatchRejected` listing every problem, by trace index and field path.
 
-    The traces come back as the compiled structs of `TraceIn` (read like its dicts): the compiled decoder takes
-    a valid body in a quarter of pydantic's time; a body it refuses, or one whose JSON holds a NUL, is
-    validated in full, so every refusal carries pydantic's messages.
+    The compiled decoder takes a valid body in a quarter of pydantic's time, and its traces come back as the
+    compiled structs of `TraceIn` (read like its dicts); a body it refuses, or one whose JSON holds a NUL, is
+    validated in full (its traces, if valid after all, come back as dicts), so every refusal carries pydantic's
+    messages.
     """
     if len(body) > max_bytes:
         raise too_big(str(len(body)), max_bytes)

@@ -20,13 +20,13 @@ from typing import Annotated, Any
 import numpy
 import orjson
 import pytest
-from pydantic import ConfigDict, StringConstraints, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from models import compiled_schema
-from models.compiled_schema import as_plain, convert_valid_batch, decode_valid_batch
+from models.compiled_schema import TraceStruct, as_plain, convert_valid_batch, decode_valid_batch
 from models.derived import derive, json_columns
-from models.schemas import META_MAX_DEPTH, TraceIn
+from models.schemas import META_MAX_DEPTH, StepIn, TraceIn
 from models.trace_rows import trace_records
 from services.batch_body import encode_body, encode_compiled_body, holds_nul
 from services.validation import validate_json_array, validate_traces
@@ -190,6 +190,11 @@ def python_variants() -> list[tuple[str, Any]]:
     for mapping in (collections.OrderedDict, types.MappingProxyType):
         cases.append((f"a step as {mapping.__name__}", {**base_trace(), "steps": [mapping(steps[0]), steps[1]]}))
         cases.append((f"the trace as {mapping.__name__}", mapping(base_trace())))
+    step_struct = compiled_schema._COMPILED[StepIn]
+    cases.append(
+        ("the trace as a compiled struct", TraceStruct(**{**base_trace(), "steps": [step_struct(**steps[0])]}))
+    )
+    cases.append(("a step as a compiled struct", {**base_trace(), "steps": [step_struct(i=-5, type="", content="")]}))
     return cases
 
 
@@ -280,10 +285,38 @@ def test_a_rule_the_compiler_cannot_translate_stops_it_at_import() -> None:
     class Lenient(TypedDict):
         name: str
 
-    with pytest.raises(TypeError, match="to_lower"):
-        compiled_schema._compiled(Lowered)
-    with pytest.raises(TypeError, match="strict"):
-        compiled_schema._compiled(Lenient)
+    class Patterned(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+        name: Annotated[str, StringConstraints(pattern="^[a-z]+$")]  # `$` differs between the two engines
+
+    class Aliased(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+        name: Annotated[str, Field(alias="Name")]
+
+    class ConstrainedMember(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+        name: Annotated[str, Field(max_length=3)] | None
+
+    class CheckedItems(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+        names: list[Annotated[str, AfterValidator(str.strip)]]
+
+    class Stripping(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)  # type: ignore[misc]
+        name: str
+
+    refused = {
+        Lowered: "to_lower",
+        Lenient: "strict",
+        Patterned: "pattern",
+        Aliased: "alias",
+        ConstrainedMember: "union",
+        CheckedItems: "list items",
+        Stripping: "no other setting",
+    }
+    for schema, reason in refused.items():
+        with pytest.raises(TypeError, match=reason):
+            compiled_schema._compiled(schema)
 
 
 @pytest.mark.parametrize(

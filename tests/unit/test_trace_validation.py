@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import tracemalloc
+import types
 from typing import Any
 
+import numpy
 import pytest
 from pydantic import BaseModel
 
@@ -243,20 +245,26 @@ def test_field_path_renders_list_indices_and_names() -> None:
 
 
 def test_numpy_floats_in_meta_are_stored_as_the_floats_they_are_and_other_numpy_values_are_refused_by_name() -> None:
-    import numpy
-
     valid = validate_traces([trace(meta={"loss": numpy.float64(0.25), "lr": numpy.float64(1e-4)})], **LIMITS)
     assert json.loads(valid.body)[0]["meta"] == {"loss": 0.25, "lr": 1e-4}
     assert as_plain(validate_body(valid.body, **LIMITS).traces)[0]["meta"] == {"loss": 0.25, "lr": 1e-4}
 
     error = rejection([trace(meta={"steps": numpy.int64(3)})])
-    assert error.errors == [TraceError(0, "meta", "meta.steps holds a int64, which is not a JSON value")]
+    assert error.errors == [TraceError(0, "meta", "meta.steps holds a numpy.int64, which is not a JSON value")]
     error = rejection([trace(meta={"loss": numpy.float64("nan")})])
     assert error.errors == [TraceError(0, "meta", "meta.loss is nan, which JSON cannot represent")]
 
 
 def test_a_mapping_that_is_not_a_dict_inside_meta_is_refused_by_name_not_raised() -> None:
-    import types
-
     error = rejection([trace(meta={"a": types.MappingProxyType({"b": 1})})])
     assert error.errors == [TraceError(0, "meta", "meta.a holds a mappingproxy, which is not a JSON value")]
+
+
+@pytest.mark.parametrize("meta", [{"\ud800": 1}, {"k": "\ud800"}, {"k": {"deeper": ["\udfff"]}}])
+def test_a_lone_surrogate_anywhere_in_meta_is_refused_by_name_at_both_doors(meta: dict[str, Any]) -> None:
+    from_python = rejection([trace(meta=meta)])
+    body = json.dumps([trace(meta=meta)]).encode()
+    from_body = body_rejection(body)
+    for error in (from_python, from_body):
+        assert [(e.trace_index, e.field_path) for e in error.errors] == [(0, "meta")]
+        assert "lone surrogate" in error.errors[0].message

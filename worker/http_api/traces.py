@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Annotated, Any
@@ -102,14 +103,25 @@ async def post_batch(
     """Enqueue a JSON array of traces as one batch (the tunix-rt backend's request body, byte for byte)."""
     settings = get_settings()
     body = await read_bounded(request, settings.ingest_max_batch_bytes)
+    # A valid body is validated and re-encoded in one pass from its bytes, in a thread (up to 8 MiB of work must
+    # not hold the event loop); any other is decoded here and validated in full by the enqueue, which names every
+    # problem. Errors come as before: the body's JSON, then the Idempotency-Key, then the traces.
+    limits = {"max_batch": settings.ingest_max_batch, "max_bytes": settings.ingest_max_batch_bytes}
+    valid = await asyncio.to_thread(validate_json_array, body, **limits)
+    traces = valid.traces if valid is not None else _trace_array(body)
     batch_id = batch_id_for(idempotency_key) or uuid.uuid4()
+
+    async def enqueue() -> BatchReceipt:
+        if valid is not None:
+            return await enqueue_validated_async(valid, source=source, batch_id=batch_id)
+        return await enqueue_batch_async(traces, source=source, batch_id=batch_id)
+
     if not wait:
-        receipt, _ = await _enqueue(body, source, batch_id)
-        return receipt_of(request, receipt)
+        return receipt_of(request, await enqueue())
     watch = request.app.state.events
     event = watch.expect(batch_id)
     try:
-        receipt, traces = await _enqueue(body, source, batch_id)
+        receipt = await enqueue()
         # Accepted from here on: whatever happens while waiting, the client gets its receipt, never an error
         # that would make it send the batch again under another id; the one exception is a conflict (409),
         # where the id already names other traces and these were never stored.
@@ -119,15 +131,3 @@ async def post_batch(
     if result is not None and result.get("state") == "ingested":
         return JSONResponse(BackendBatchCreated.from_result(result, traces).model_dump(mode="json"), 201)
     return receipt_of(request, receipt)
-
-
-async def _enqueue(body: bytes, source: str, batch_id: uuid.UUID) -> tuple[BatchReceipt, list[Any]]:
-    """Enqueue the body's traces; the receipt, and the traces (for the backend's 201). A valid body is validated
-    and re-encoded in one pass from its bytes; any other is decoded and validated in full, which names every
-    problem (`BatchRejected`)."""
-    settings = get_settings()
-    valid = validate_json_array(body, max_batch=settings.ingest_max_batch, max_bytes=settings.ingest_max_batch_bytes)
-    if valid is not None:
-        return await enqueue_validated_async(valid, source=source, batch_id=batch_id), valid.traces
-    traces = _trace_array(body)
-    return await enqueue_batch_async(traces, source=source, batch_id=batch_id), traces
