@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
@@ -36,36 +37,35 @@ async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
     )
 
 
+#: The batch's row ids in position order and the database time they were written at.
+_READ_BACK = select(
+    func.array_agg(aggregate_order_by(Trace.__table__.c.id, Trace.__table__.c.position)),
+    func.min(Trace.__table__.c.created_at),
+).where(Trace.__table__.c.batch_id == bindparam("batch_id"))
+
+
 async def read_back(session: AsyncSession, batch_id: UUID) -> tuple[list[int], datetime | None]:
     """One SELECT: the batch's row ids in position order and the database time they were written at (one
     transaction writes them all, so they share `now()`)."""
-    row = (
-        await session.execute(
-            select(func.array_agg(aggregate_order_by(Trace.id, Trace.position)), func.min(Trace.created_at)).where(
-                Trace.batch_id == batch_id
-            )
-        )
-    ).one()
+    row = (await session.execute(_READ_BACK, {"batch_id": batch_id})).one()
     return list(row[0] or []), row[1]
 
 
-async def claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> datetime | None:
-    """Insert the batch row (or revive a `failed` one with the same content); its ingest time if this call
-    owns the batch, None if it was already there. A concurrent duplicate waits here on the primary key until
-    the first transaction ends, so two deliveries never both insert traces."""
-    row = insert(Batch).values(
-        id=batch.batch_id,
-        source=batch.source,
+def _claim_statement() -> Any:
+    batch = cast(Table, Batch.__table__)
+    row = insert(batch).values(
+        id=bindparam("id"),
+        source=bindparam("source"),
         state=BatchState.INGESTED,
-        trace_count=len(batch.valid.traces),
-        content_hash=batch.valid.content_hash,
-        attempts=attempts,
-        enqueued_at=batch.enqueued_at,
+        trace_count=bindparam("trace_count"),
+        content_hash=bindparam("content_hash"),
+        attempts=bindparam("attempts"),
+        enqueued_at=bindparam("enqueued_at"),
         ingested_at=func.now(),
         updated_at=func.now(),
     )
-    statement = row.on_conflict_do_update(
-        index_elements=[Batch.id],
+    return row.on_conflict_do_update(
+        index_elements=[batch.c.id],
         set_={
             "state": BatchState.INGESTED,
             # What was validated now, not what a message parked unread only declared: an `ingested` batch
@@ -79,9 +79,28 @@ async def claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> d
             "ingested_at": func.now(),
             "updated_at": func.now(),
         },
-        where=(Batch.state == BatchState.FAILED) & (Batch.content_hash == row.excluded.content_hash),
-    ).returning(Batch.ingested_at)
-    return (await session.execute(statement)).scalar_one_or_none()
+        where=(batch.c.state == BatchState.FAILED) & (batch.c.content_hash == row.excluded.content_hash),
+    ).returning(batch.c.ingested_at)
+
+
+#: Built once, on the table rather than the ORM entity: an ORM insert built per call cost ~0.7 ms of the
+#: worker's CPU per batch more (measured), for the same SQL.
+_CLAIM = _claim_statement()
+
+
+async def claim_batch(session: AsyncSession, batch: BatchIn, attempts: int) -> datetime | None:
+    """Insert the batch row (or revive a `failed` one with the same content); its ingest time if this call
+    owns the batch, None if it was already there. A concurrent duplicate waits here on the primary key until
+    the first transaction ends, so two deliveries never both insert traces."""
+    parameters = {
+        "id": batch.batch_id,
+        "source": batch.source,
+        "trace_count": len(batch.valid.traces),
+        "content_hash": batch.valid.content_hash,
+        "attempts": attempts,
+        "enqueued_at": batch.enqueued_at,
+    }
+    return (await session.execute(_CLAIM, parameters)).scalar_one_or_none()
 
 
 async def ingest_batch(

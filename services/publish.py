@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, cast
 from uuid import UUID
 
 import orjson
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
@@ -47,11 +47,18 @@ def build_event_fields(result: IngestResult) -> dict[str, str]:
     }
 
 
+#: Built once, on the table: an ORM update built per call costs the worker more CPU than the round trip.
+_BATCH = cast(Table, Batch.__table__)
+_MARK_PUBLISHED = (
+    update(_BATCH)
+    .where(_BATCH.c.id == bindparam("batch_id"), _BATCH.c.published_at.is_(None))
+    .values(published_at=func.now())
+)
+
+
 async def mark_published(session: AsyncSession, batch_id: UUID) -> None:
     """Record that the batch's event is out. Commits."""
-    await session.execute(
-        update(Batch).where(Batch.id == batch_id, Batch.published_at.is_(None)).values(published_at=func.now())
-    )
+    await session.execute(_MARK_PUBLISHED, {"batch_id": batch_id})
     await session.commit()
 
 
