@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import UnionType
-from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, NamedTuple, NotRequired, Union, get_args, get_origin, get_type_hints
 
 import annotated_types
 import msgspec
@@ -58,24 +58,23 @@ def _string_bounds(constraints: StringConstraints) -> dict[str, Any]:
     return {name: value for name, value in translated.items() if value is not None}
 
 
-def _container(hint: Any) -> tuple[str, type[msgspec.Struct] | None] | None:
-    """("list", the struct of its items or None) or ("object", None) for an annotation that holds a container."""
-    if get_origin(hint) is Annotated:
-        hint = get_args(hint)[0]
-    kinds = [hint, *get_args(hint)] if get_origin(hint) in (Union, UnionType) else [hint]
-    for kind in kinds:
-        if get_origin(kind) is list:
-            (item,) = get_args(kind)
-            return "list", _compiled(item) if _is_typeddict(item) else None
-        if kind is dict or get_origin(kind) is dict or _is_typeddict(kind):
-            return "object", None
-    return None
+class _Field(NamedTuple):
+    """A schema field, translated."""
+
+    #: The msgspec type, with its bounds.
+    kind: Any
+    #: Its after-validators, in order.
+    validators: list[Callable[[Any], Any]]
+    #: ("list" or "object", the compiled struct of the list's items or of the object, if any) when the field
+    #: holds a container: where `msgspec.convert` would take what pydantic's strict mode refuses.
+    container: tuple[str, type[msgspec.Struct] | None] | None
 
 
-def _field(hint: Any) -> tuple[Any, list[Callable[[Any], Any]]]:
-    """(the msgspec type of an annotation, its after-validators, in order)."""
+def _field(hint: Any) -> _Field:
+    """A field's annotation translated; raises `TypeError` for anything the translation would lose."""
     validators: list[Callable[[Any], Any]] = []
     bounds: dict[str, Any] = {}
+    container: tuple[str, type[msgspec.Struct] | None] | None = None
     if get_origin(hint) is Annotated:
         hint, *metadata = get_args(hint)
         for item in metadata:
@@ -92,17 +91,30 @@ def _field(hint: Any) -> tuple[Any, list[Callable[[Any], Any]]]:
     if get_origin(hint) is list:
         (item,) = get_args(hint)
         if _is_typeddict(item):
-            hint = list[_compiled(item)]  # type: ignore[misc]
+            struct = _compiled(item)
+            hint, container = list[struct], ("list", struct)  # type: ignore[valid-type]
         else:
-            item, item_validators = _field(item)
-            if item_validators:
-                raise TypeError("compiled_schema cannot translate validators of list items")
-            hint = list[item]  # type: ignore[valid-type]
-    elif get_origin(hint) in (Union, UnionType) and any(
-        get_origin(member) is Annotated or _is_typeddict(member) for member in get_args(hint)
-    ):
-        raise TypeError(f"compiled_schema cannot translate constraints inside the union {hint}")
-    return (Annotated[hint, msgspec.Meta(**bounds)] if bounds else hint), validators
+            translated = _field(item)
+            if translated.validators or translated.container:
+                raise TypeError("compiled_schema cannot translate validators or containers of list items")
+            hint = list[translated.kind]  # type: ignore[name-defined]
+            container = ("list", None)
+    elif _is_typeddict(hint):
+        hint = _compiled(hint)
+        container = ("object", hint)
+    elif get_origin(hint) in (Union, UnionType):
+        members = get_args(hint)
+        if any(get_origin(member) in (Annotated, list) or _is_typeddict(member) for member in members):
+            raise TypeError(f"compiled_schema cannot translate constraints or containers inside the union {hint}")
+        if any(_is_object(member) for member in members):
+            container = ("object", None)
+    elif _is_object(hint):
+        container = ("object", None)
+    return _Field(Annotated[hint, msgspec.Meta(**bounds)] if bounds else hint, validators, container)
+
+
+def _is_object(hint: Any) -> bool:
+    return hint is dict or get_origin(hint) is dict
 
 
 def _is_typeddict(hint: Any) -> bool:
@@ -128,7 +140,7 @@ def _post_init(validators: dict[str, list[Callable[[Any], Any]]]) -> Callable[[A
 
 
 _COMPILED: dict[type, type[msgspec.Struct]] = {}
-#: Per compiled struct, its fields that hold containers: (name, "list" or "object", the struct of a list's items).
+#: Per compiled struct, its fields that hold containers: (name, "list" or "object", the struct inside, if any).
 _CONTAINERS: dict[type, list[tuple[str, str, type[msgspec.Struct] | None]]] = {}
 
 
@@ -149,12 +161,13 @@ def _compiled(schema: type) -> type[msgspec.Struct]:
     for name, hint in sorted(get_type_hints(schema, include_extras=True).items()):
         optional = get_origin(hint) is NotRequired
         hint = get_args(hint)[0] if optional else hint
-        if found := _container(hint):
-            containers.append((name, *found))
-        kind, after = _field(hint)
+        translated = _field(hint)
+        if translated.container:
+            containers.append((name, *translated.container))
+        kind = translated.kind
         fields.append((name, kind | msgspec.UnsetType, msgspec.UNSET) if optional else (name, kind))
-        if after:
-            validators[name] = after
+        if translated.validators:
+            validators[name] = translated.validators
     namespace: dict[str, Any] = {"__getitem__": object.__getattribute__, "get": _read_like_a_dict}
     if validators:
         namespace["__post_init__"] = _post_init(validators)
@@ -191,6 +204,8 @@ def _strict_containers(value: Any, struct: type[msgspec.Struct]) -> bool:
         field = value.get(name)
         if kind == "object":
             if isinstance(field, Mapping) and not isinstance(field, dict):
+                return False
+            if items is not None and isinstance(field, dict) and not _strict_containers(field, items):
                 return False
         elif isinstance(field, tuple | set | frozenset):
             return False

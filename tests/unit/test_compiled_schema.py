@@ -17,6 +17,7 @@ import types
 import uuid
 from typing import Annotated, Any
 
+import msgspec
 import numpy
 import orjson
 import pytest
@@ -305,6 +306,10 @@ def test_a_rule_the_compiler_cannot_translate_stops_it_at_import() -> None:
         __pydantic_config__ = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)  # type: ignore[misc]
         name: str
 
+    class ListInUnion(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+        names: list[str] | None
+
     refused = {
         Lowered: "to_lower",
         Lenient: "strict",
@@ -313,6 +318,7 @@ def test_a_rule_the_compiler_cannot_translate_stops_it_at_import() -> None:
         ConstrainedMember: "union",
         CheckedItems: "list items",
         Stripping: "no other setting",
+        ListInUnion: "union",
     }
     for schema, reason in refused.items():
         with pytest.raises(TypeError, match=reason):
@@ -365,3 +371,21 @@ def test_a_clients_json_array_becomes_the_body_the_python_producer_encodes_for_t
 )
 def test_what_the_fast_path_does_not_take_is_left_to_the_full_one(change: str, body: bytes) -> None:
     assert validate_json_array(body, max_batch=3, max_bytes=4096) is None, change
+
+
+class Inner(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=3)]
+
+
+class Outer(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[misc]
+    inner: Inner
+
+
+def test_a_nested_object_field_is_compiled_with_its_own_rules() -> None:
+    decoder = msgspec.json.Decoder(compiled_schema._compiled(Outer))
+    assert decoder.decode(b'{"inner": {"name": "abc"}}').inner.name == "abc"  # type: ignore[attr-defined]
+    for refused in (b'{"inner": {"name": "abcd"}}', b'{"inner": {"name": "a", "extra": 1}}'):
+        with pytest.raises(msgspec.ValidationError):
+            decoder.decode(refused)
