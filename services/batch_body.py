@@ -64,10 +64,9 @@ def refuse_surely_too_big(traces: Sequence[object], max_bytes: int) -> None:
 
 
 def encode_body(traces: Sequence[object], max_bytes: int) -> bytes | None:
-    """The batch body, or None when some trace cannot be encoded (validation then names it). Refuses an oversize
-    batch before encoding it (`refuse_surely_too_big`), otherwise after one encoding of the whole list
-    (per-trace encoding costs ~5x more)."""
-    refuse_surely_too_big(traces, max_bytes)
+    """The batch body, or None when some trace cannot be encoded (validation then names it); an oversize batch
+    is refused after one encoding of the whole list (per-trace encoding costs ~5x more). Call
+    `refuse_surely_too_big` first, as `validate_traces` does once for both of its paths."""
     try:
         body = body_of(traces)
     except (TypeError, orjson.JSONEncodeError):
