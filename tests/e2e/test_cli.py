@@ -6,8 +6,11 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.db import query, scalar
 from tests.e2e.commands import cli
@@ -159,7 +162,28 @@ def test_run_on_throwaway_servers_ingests_a_sample_and_leaves_nothing_behind(tmp
     assert not (state / "postgres").exists() and not (state / "redis").exists()
 
 
-def test_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (worker, beat, Flower and the API start their own process groups)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_run_stops_everything_on_ctrl_c_pressed_once_or_twice(tmp_path: Path, presses: int) -> None:
     env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
     state = tmp_path / "state"
     log = tmp_path / "run.log"
@@ -172,10 +196,16 @@ def test_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         )
     try:
         wait_for(lambda: "press Ctrl-C" in log.read_text(), timeout=120, what="run to finish its sample")
+        started = _descendants(running.pid)
+        assert len(started) >= 4  # worker, beat, Flower, the API (and the servers, and pool children)
         running.send_signal(signal.SIGINT)
-        assert running.wait(60) == 0
+        if presses == 2:  # impatient: again while the first is still stopping the processes
+            time.sleep(0.5)
+            running.send_signal(signal.SIGINT)
+        assert running.wait(90) == 0
     finally:
         if running.poll() is None:
             running.kill()
     assert "stopped; nothing left running" in log.read_text()
     assert _processes_under(state) == []
+    wait_for(lambda: not _alive(started), timeout=15, what="every process run started to be gone")

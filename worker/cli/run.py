@@ -28,8 +28,17 @@ class _Stop(Exception):
     """SIGTERM or SIGINT: stop everything cleanly."""
 
 
-def _raise_stop(signum: int, _frame: object) -> None:
-    raise _Stop(signal.Signals(signum).name)
+class _StopSignals:
+    """SIGINT and SIGTERM raise `_Stop` once. After that, and once the processes are being stopped, further ones
+    are ignored: a second Ctrl-C must not cut the clean-up short and leave worker, beat or Flower running."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise _Stop(signal.Signals(signum).name)
 
 
 def _lines(file: Path | None, count: int) -> list[JsonlLine]:
@@ -57,7 +66,11 @@ def _ingest(lines: list[JsonlLine], batch_size: int) -> dict[str, Any]:
 
 
 def _run_processes(
-    log_dir: Path, concurrency: int, keep_running: bool, ingest: Callable[[], dict[str, Any]]
+    log_dir: Path,
+    concurrency: int,
+    keep_running: bool,
+    ingest: Callable[[], dict[str, Any]],
+    signals: _StopSignals,
 ) -> str | None:
     """Start worker, beat, Flower and the HTTP API, ingest, print the summary; stop the processes before the
     servers go. Returns what was wrong with the input, if anything."""
@@ -90,6 +103,7 @@ def _run_processes(
         invalid_input: str | None = summary["invalid_lines"]
         return invalid_input
     finally:
+        signals.stopping = True
         for child in reversed(children):
             child.stop()
 
@@ -136,7 +150,8 @@ def run(
     Without DATABASE_URL / REDIS_URL it starts throwaway PostgreSQL and Redis under --state-dir and removes
     them on exit. Ctrl-C stops every process it started.
     """
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = _StopSignals()
+    previous = {sig: signal.signal(sig, signals) for sig in (signal.SIGINT, signal.SIGTERM)}
     invalid_input = None
     state_dir = state_dir.resolve()
     log_dir = state_dir / "logs"
@@ -147,7 +162,9 @@ def run(
                 click.echo(f"started {note}")
             upgrade_to_head(os.environ["DATABASE_URL"])
             lines = _lines(file, trace_count)
-            invalid_input = _run_processes(log_dir, concurrency, keep_running, lambda: _ingest(lines, batch_size))
+            invalid_input = _run_processes(
+                log_dir, concurrency, keep_running, lambda: _ingest(lines, batch_size), signals
+            )
     except _Stop as stop:
         click.echo(f"\n{stop}: stopped")
     finally:
