@@ -146,7 +146,7 @@ _CONTAINERS: dict[type, list[tuple[str, str, type[msgspec.Struct] | None]]] = {}
 
 def _compiled(schema: type) -> type[msgspec.Struct]:
     """The msgspec Struct of a TypedDict schema: fields in sorted order, so that encoding one writes the
-    canonical JSON (compact, sorted keys) that `json_columns` stores and hashes."""
+    canonical JSON (compact, sorted keys) that `derived.stored_row` stores and hashes."""
     if schema in _COMPILED:
         return _COMPILED[schema]
     config = getattr(schema, "__pydantic_config__", {})
@@ -172,7 +172,7 @@ def _compiled(schema: type) -> type[msgspec.Struct]:
     if validators:
         namespace["__post_init__"] = _post_init(validators)
     # Required fields first (msgspec's rule), each group in sorted order: the structs are only decoded and
-    # read, and `json_columns` encodes them with sorted keys whatever their field order.
+    # read, and `derived.stored_row` encodes them with sorted keys whatever their field order.
     fields.sort(key=lambda field: len(field) == 3)
     compiled = msgspec.defstruct(
         schema.__name__ + "Struct", fields, forbid_unknown_fields=True, namespace=namespace, gc=False

@@ -14,7 +14,7 @@ from sqlalchemy.sql import func
 
 from models.messages import IngestResult
 from models.tables import Batch, BatchState, Trace
-from models.trace_rows import TRACE_COLUMNS, trace_records
+from models.trace_rows import TRACE_COLUMNS, copy_stream
 from services.errors import BatchConflict
 from services.publish import Publisher, publish_result
 from services.validation import BatchIn
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
-    """Write the batch's traces with binary COPY on the session's own connection, inside its transaction.
+    """Write the batch's traces with one binary COPY (`models.trace_rows`) on the session's own connection,
+    inside its transaction.
 
     Call it only after a statement of the same transaction (the batch claim): SQLAlchemy's asyncpg adapter
     begins the transaction lazily, on the first SQLAlchemy statement, and a COPY before it would commit on its
@@ -32,8 +33,10 @@ async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
     """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
-    await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-        Trace.__tablename__, records=trace_records(batch.batch_id, batch.valid.traces), columns=TRACE_COLUMNS
+    stream = copy_stream(batch.batch_id, batch.valid.traces)
+    # A memoryview, not the bytes: asyncpg would take bytes for a file's path.
+    await raw.driver_connection.copy_to_table(  # type: ignore[union-attr]
+        Trace.__tablename__, source=memoryview(stream), columns=TRACE_COLUMNS, format="binary"
     )
 
 

@@ -17,11 +17,11 @@ from redis.backoff import NoBackoff
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from models.derived import derive
+from models.derived import DERIVATION_VERSION, derive
 from models.tables import Batch, Trace
 from services.errors import BatchConflict
 from services.ingest import claim_batch, copy_traces, ingest_batch
-from services.validation import BatchIn, validate_traces
+from services.validation import BatchIn, validate_body, validate_traces
 from tests.db import as_received
 from tests.streams import STREAM, stream_events
 from worker.edge.publisher import RedisStreamPublisher
@@ -69,6 +69,32 @@ async def test_batch_is_stored_whole_and_announced_with_its_row_ids(
     assert len(events) == 1
     assert events[0]["batch_id"] == str(batch.batch_id) and events[0]["count"] == "25"
     assert json.loads(events[0]["ids"]) == result.ids
+
+
+@pytest.mark.parametrize("read_as", ["dicts", "compiled structs"])
+async def test_text_and_json_of_every_shape_read_back_as_sent_with_their_derived_fields(
+    sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher, read_as: str
+) -> None:
+    base = next(generate_traces(1))
+    traces = [
+        {**base, "prompt": 'tab\there, newline\nthere, a backslash \\ and "quotes"', "meta": None},
+        {**base, "final_answer": "ünïcödé, 𝔘𝔫𝔦, 🤔, \u2028", "meta": {"z": [1, -(2**63), 2.5e-300, None, True]}},
+        {key: value for key, value in base.items() if key != "meta"},
+        {**base, "meta": {"nested": {"deeper": {"k": "ß"}}, "": "empty key", "float": 1234.5678}},
+    ]
+    valid = validate_traces(traces, max_batch=1000, max_bytes=8 * 1024 * 1024)
+    if read_as == "compiled structs":  # what the worker stores: the body read back through the compiled rules
+        valid = validate_body(valid.body, max_batch=1000, max_bytes=8 * 1024 * 1024)
+    batch = BatchIn(uuid.uuid4(), "tests", valid)
+    async with sessions() as session:
+        await ingest_batch(session, batch, publisher=publisher)
+    async with sessions() as session:
+        rows = (await session.scalars(select(Trace).order_by(Trace.position))).all()
+    assert len(rows) == len(traces)
+    for row, trace in zip(rows, traces, strict=True):
+        assert as_received(row) == {"meta": None, **trace}
+        assert (row.step_count, row.total_chars, row.content_hash) == tuple(derive(trace))
+        assert row.derivation_version == DERIVATION_VERSION
 
 
 async def test_rerun_of_a_stored_batch_stores_nothing_and_publishes_nothing_new(

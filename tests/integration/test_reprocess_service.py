@@ -153,9 +153,9 @@ async def test_version_bump_refreshes_exactly_the_stale_rows_chunk_by_chunk(
         return batch.batch_id
 
     old_batch = await store(250, seed=1)
-    original_derive = derived.derive
+    original_stored_row = derived.stored_row
     monkeypatch.setattr(derived, "DERIVATION_VERSION", derived.DERIVATION_VERSION + 1)
-    monkeypatch.setattr(derived, "derive", lambda *a: original_derive(*a)._replace(total_chars=-1))
+    monkeypatch.setattr(derived, "stored_row", lambda trace: original_stored_row(trace)._replace(total_chars=-1))
     new_batch = await store(40, seed=2)  # stored under the new version: not stale
 
     async with sessions() as session:

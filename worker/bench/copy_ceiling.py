@@ -1,5 +1,5 @@
-"""The raw COPY ceiling: asyncpg `copy_records_to_table` of the same traces, in the same row shape as the
-ingest path (`models.trace_rows`), into a copy of the trace table."""
+"""The raw COPY ceiling: the same traces as the same binary COPY stream the ingest path writes
+(`models.trace_rows`), built before the clock starts, into a copy of the trace table."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from models.trace_rows import TRACE_COLUMNS, trace_records
+from models.trace_rows import TRACE_COLUMNS, copy_stream
 
 COPY_TABLE = "bench_copy_trace"
 
@@ -30,23 +30,23 @@ async def copy_ceiling(
     postgresql_cpu: Callable[[], float] | None = None,
 ) -> CopyFigures:
     """Traces per second that `connections` parallel COPYs (one per batch) load into an equivalent table:
-    same columns, defaults, unique key and indexes. The records are built before the clock starts.
+    same columns, defaults, unique key and indexes. The streams are built before the clock starts.
     `postgresql_cpu`: PostgreSQL's CPU seconds so far, read before and after (its backends still live)."""
-    records = [trace_records(uuid.uuid4(), batch) for batch in batches]
+    streams = [memoryview(copy_stream(uuid.uuid4(), batch)) for batch in batches]
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
         await admin.execute(f"CREATE TABLE {COPY_TABLE} (LIKE trace INCLUDING ALL)")
         pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
-        queue: asyncio.Queue[list[tuple[Any, ...]]] = asyncio.Queue()
-        for batch in records:
-            queue.put_nowait(batch)
+        queue: asyncio.Queue[memoryview] = asyncio.Queue()
+        for stream in streams:
+            queue.put_nowait(stream)
 
         async def load() -> None:
             async with pool.acquire() as connection:
                 while not queue.empty():
-                    await connection.copy_records_to_table(
-                        COPY_TABLE, records=queue.get_nowait(), columns=TRACE_COLUMNS
+                    await connection.copy_to_table(
+                        COPY_TABLE, source=queue.get_nowait(), columns=TRACE_COLUMNS, format="binary"
                     )
 
         cpu_before = postgresql_cpu() if postgresql_cpu else 0.0
@@ -58,5 +58,5 @@ async def copy_ceiling(
         await admin.execute(f"DROP TABLE {COPY_TABLE}")
     finally:
         await admin.close()
-    traces = sum(len(batch) for batch in records)
+    traces = sum(len(batch) for batch in batches)
     return CopyFigures(traces / elapsed, None if cpu_used is None else cpu_used / traces * 1e6)
