@@ -28,6 +28,11 @@ from worker.settings import Settings, get_settings, redact
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+#: Bytes read from Redis at a time. A batch body is megabytes: read 64 KiB at a time (redis-py's default), its
+#: fetch took twice the CPU, one event-loop turn and parser feed per read (measured: 2.3 against 1.5 ms for
+#: 2.8 MB). A read takes what has arrived, up to this, so small replies cost nothing more.
+BODY_READ_SIZE = 1024 * 1024
+
 #: PostgreSQL keeps at most this many bytes of an application_name (NAMEDATALEN - 1) and cuts the rest.
 APPLICATION_NAME_MAX_BYTES = 63
 
@@ -68,6 +73,7 @@ class Runtime:
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,
+            socket_read_size=BODY_READ_SIZE,
         )
         self.publisher = RedisStreamPublisher(
             self.redis,
