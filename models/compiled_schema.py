@@ -127,14 +127,17 @@ def _read_like_a_dict(self: msgspec.Struct, key: str, default: Any = None) -> An
 
 
 def _post_init(validators: dict[str, list[Callable[[Any], Any]]]) -> Callable[[Any], None]:
+    checks = tuple((name, tuple(functions)) for name, functions in validators.items())
+
     def run_after_validators(self: Any) -> None:
-        for name, functions in validators.items():
-            value = getattr(self, name)
+        for name, functions in checks:
+            value = given = getattr(self, name)
             if value is msgspec.UNSET:  # pydantic runs no validator on a key that is absent
                 continue
             for function in functions:
                 value = function(value)
-            setattr(self, name, value)
+            if value is not given:  # most validators only check, and hand back what they were given
+                setattr(self, name, value)
 
     return run_after_validators
 

@@ -8,13 +8,14 @@ from typing import Any, cast
 from uuid import UUID
 
 from sqlalchemy import Table, bindparam, select
-from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import func
 
 from models.messages import IngestResult
 from models.tables import Batch, BatchState, Trace
-from models.trace_rows import TRACE_COLUMNS, copy_stream
+from models.trace_rows import TRACE_COLUMNS, copy_messages, copy_stream
+from services.driver_connection import driver_connection
 from services.errors import BatchConflict
 from services.publish import Publisher, publish_result
 from services.validation import BatchIn
@@ -31,27 +32,24 @@ async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
     own. COPY has no ON CONFLICT: the claim guarantees that no row of this batch exists yet, and the unique key
     (batch_id, position) stays as the safety net.
     """
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
+    connection = await driver_connection(session)
     stream = copy_stream(batch.batch_id, batch.valid.traces)
-    # A memoryview, not the bytes: asyncpg would take bytes for a file's path.
-    await raw.driver_connection.copy_to_table(  # type: ignore[union-attr]
-        Trace.__tablename__, source=memoryview(stream), columns=TRACE_COLUMNS, format="binary"
+    await connection.copy_to_table(
+        Trace.__tablename__, source=copy_messages(stream), columns=TRACE_COLUMNS, format="binary"
     )
 
 
 #: The batch's row ids in position order and the database time they were written at.
-_READ_BACK = select(
-    func.array_agg(aggregate_order_by(Trace.__table__.c.id, Trace.__table__.c.position)),
-    func.min(Trace.__table__.c.created_at),
-).where(Trace.__table__.c.batch_id == bindparam("batch_id"))
+_READ_BACK = "SELECT array_agg(id ORDER BY position), min(created_at) FROM trace WHERE batch_id = $1"
 
 
 async def read_back(session: AsyncSession, batch_id: UUID) -> tuple[list[int], datetime | None]:
     """One SELECT: the batch's row ids in position order and the database time they were written at (one
-    transaction writes them all, so they share `now()`)."""
-    row = (await session.execute(_READ_BACK, {"batch_id": batch_id})).one()
-    return list(row[0] or []), row[1]
+    transaction writes them all, so they share `now()`). Reads committed rows, or the session's own when its
+    transaction is open."""
+    connection = await driver_connection(session)
+    ids, created_at = await connection.fetchrow(_READ_BACK, batch_id)
+    return list(ids or []), created_at
 
 
 def _claim_statement() -> Any:

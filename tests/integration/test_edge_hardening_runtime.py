@@ -41,13 +41,14 @@ def other_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
 
 def _hold_a_transaction_open(runtime: Runtime) -> AsyncSession:
     """Leave one of `runtime`'s sessions idle in a transaction, as an interrupted task leaves it."""
-    session = runtime.session()
+    opened = runtime.session()  # entered and never left, as by a task cut off mid-way
 
-    async def begin() -> None:
+    async def begin() -> AsyncSession:
+        session = await opened.__aenter__()
         await session.execute(text("SELECT 1"))
+        return session
 
-    runtime.run(begin())
-    return session
+    return runtime.run(begin())
 
 
 def test_ending_an_abandoned_runtime_leaves_a_same_pid_session_of_another_host_alone(

@@ -129,21 +129,30 @@ async def test_same_batch_id_with_other_traces_is_a_conflict_and_changes_nothing
 async def test_one_select_after_commit_reads_back_a_batch_of_1000(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], publisher: RedisStreamPublisher
 ) -> None:
-    statements: list[str] = []
-    event.listen(
-        engine.sync_engine,
-        "before_cursor_execute",
-        lambda _c, _cur, statement, *_: statements.append(statement.lstrip().split()[0].upper()),
-    )
+    statements: list[str] = []  # what SQLAlchemy runs, and what runs on the asyncpg connection itself
+
+    def log_driver_statement(logged: Any) -> None:
+        statements.append(" ".join(logged.query.split()))
+
+    def watch(dbapi: Any, *_: Any) -> None:
+        dbapi.driver_connection.add_query_logger(log_driver_statement)
+
+    def unwatch(dbapi: Any, *_: Any) -> None:
+        dbapi.driver_connection.remove_query_logger(log_driver_statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
     event.listen(engine.sync_engine, "commit", lambda _conn: statements.append("COMMIT"))
+    event.listen(engine.sync_engine, "checkout", watch)
+    event.listen(engine.sync_engine, "checkin", unwatch)
 
     async with sessions() as session:
         result = await ingest_batch(session, make_batch(list(generate_traces(1000))), publisher=publisher)
 
     assert result.count == 1000
-    after_data_commit = statements[statements.index("COMMIT") + 1 :]
-    assert after_data_commit.count("SELECT") == 1
-    assert statements.count("INSERT") == 1  # the batch row; the 1,000 traces go by COPY on the same connection
+    reads_of_traces = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and " trace " in sql]
+    assert len(reads_of_traces) == 1 and statements.index(reads_of_traces[0]) > statements.index("COMMIT")
+    inserts = [sql for sql in statements if sql.lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 1 and "batch" in inserts[0]  # the 1,000 traces go by COPY on the same connection
 
 
 async def test_a_failure_after_the_copy_rolls_the_copied_rows_back_with_the_batch(

@@ -4,6 +4,7 @@ interrupted task, and the replaced one's sessions ended."""
 from __future__ import annotations
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.db import query
 from worker.edge.runtime import current_runtime, replace_abandoned_runtime, stop_runtime
@@ -12,12 +13,14 @@ from worker.edge.runtime import current_runtime, replace_abandoned_runtime, stop
 def test_an_abandoned_runtime_is_replaced_and_its_open_transaction_ended(database_url: str) -> None:
     first = current_runtime()
     assert current_runtime() is first
-    stuck = first.session()
+    opened = first.session()
 
-    async def begin_and_hang() -> None:  # as a task interrupted by its soft time limit leaves it
-        await stuck.execute(text("SELECT 1"))
+    async def begin_and_hang() -> AsyncSession:  # as a task interrupted by its soft time limit leaves it
+        session = await opened.__aenter__()
+        await session.execute(text("SELECT 1"))
+        return session
 
-    first.run(begin_and_hang())
+    stuck = first.run(begin_and_hang())
     states = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
     assert [row.state for row in query(database_url, states, name=first.application_name)] == ["idle in transaction"]
 

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from models.compiled_schema import decode_valid_batch
 from models.derived import DERIVATION_VERSION, derive
 from models.tables import Trace
-from models.trace_rows import TRACE_COLUMNS, copy_stream
+from models.trace_rows import COPY_MESSAGE_BYTES, TRACE_COLUMNS, copy_messages, copy_stream
 
 #: What `copy_stream` encodes each column as, in its order.
 ENCODED_AS = [Uuid, Integer, String, Text, Text, JSONB, JSONB, Integer, Integer, String, SmallInteger]
@@ -87,3 +87,11 @@ def test_the_stream_holds_every_trace_as_its_row_from_dicts_and_from_compiled_st
 
 def test_an_empty_batch_is_a_stream_of_no_rows() -> None:
     assert read_rows(copy_stream(uuid.uuid4(), [])) == []
+
+
+async def test_the_stream_goes_out_whole_in_messages_of_at_most_the_message_size() -> None:
+    stream = copy_stream(uuid.uuid4(), [trace(prompt="p" * 50_000)] * 7)
+    messages = [bytes(message) async for message in copy_messages(stream)]
+    assert len(stream) > 2 * COPY_MESSAGE_BYTES
+    assert b"".join(messages) == stream
+    assert all(len(message) == COPY_MESSAGE_BYTES for message in messages[:-1]) and messages[-1]

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from models.trace_rows import TRACE_COLUMNS, copy_stream
+from models.trace_rows import TRACE_COLUMNS, copy_messages, copy_stream
 
 COPY_TABLE = "bench_copy_trace"
 
@@ -32,13 +32,13 @@ async def copy_ceiling(
     """Traces per second that `connections` parallel COPYs (one per batch) load into an equivalent table:
     same columns, defaults, unique key and indexes. The streams are built before the clock starts.
     `postgresql_cpu`: PostgreSQL's CPU seconds so far, read before and after (its backends still live)."""
-    streams = [memoryview(copy_stream(uuid.uuid4(), batch)) for batch in batches]
+    streams = [copy_stream(uuid.uuid4(), batch) for batch in batches]
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
         await admin.execute(f"CREATE TABLE {COPY_TABLE} (LIKE trace INCLUDING ALL)")
         pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
-        queue: asyncio.Queue[memoryview] = asyncio.Queue()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
         for stream in streams:
             queue.put_nowait(stream)
 
@@ -46,7 +46,7 @@ async def copy_ceiling(
             async with pool.acquire() as connection:
                 while not queue.empty():
                     await connection.copy_to_table(
-                        COPY_TABLE, source=queue.get_nowait(), columns=TRACE_COLUMNS, format="binary"
+                        COPY_TABLE, source=copy_messages(queue.get_nowait()), columns=TRACE_COLUMNS, format="binary"
                     )
 
         cpu_before = postgresql_cpu() if postgresql_cpu else 0.0

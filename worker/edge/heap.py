@@ -19,9 +19,10 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: Freed memory a worker keeps at the top of its heap before glibc trims it by itself.
 KEEP_FREED_BYTES = 64 * 1024 * 1024
-#: Tasks between explicit trims: trimming after every batch costs ~10 % throughput (the next batch faults its
-#: pages back in); every 8th keeps RSS flat for about 1 %.
-TRIM_EVERY_TASKS = 8
+#: Tasks between explicit trims: each trim hands back the pages the next batches fault in again (~15 ms of a
+#: worker's CPU). Every 8th task cost ~7 % of the worker's CPU per trace once the rest got faster; every 64th
+#: costs under 1 %, and RSS stays flat all the same (docs/performance.md).
+TRIM_EVERY_TASKS = 64
 _tasks_since_trim = 0
 
 

@@ -7,12 +7,13 @@ on first use (keyed by PID, so nothing inherited across a fork is ever reused). 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from sqlalchemy import text
@@ -84,9 +85,13 @@ class Runtime:
         )
         self.limits = Limits(settings.ingest_max_batch, settings.ingest_max_batch_bytes, settings.max_deliveries)
 
-    def session(self) -> AsyncSession:
-        """A new session for exactly one unit of work; the caller closes it (`async with`)."""
-        return self.sessions()
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A new session for exactly one unit of work (`async with`), closed on exit. It keeps one pooled
+        connection from start to end: a session that hands its connection back at each commit checks one out
+        again for the next statement, with a pre-ping each time (~0.3 ms of a batch's CPU, measured)."""
+        async with self.engine.connect() as connection, self.sessions(bind=connection) as session:
+            yield session
 
     def run(self, work: Awaitable[T]) -> T:
         """Run `work` to completion on this process's loop (never `asyncio.run`: the engine lives here)."""
