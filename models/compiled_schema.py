@@ -174,11 +174,10 @@ def _compiled(schema: type) -> type[msgspec.Struct]:
     namespace: dict[str, Any] = {"__getitem__": object.__getattribute__, "get": _read_like_a_dict}
     if validators:
         namespace["__post_init__"] = _post_init(validators)
-    # Required fields first (msgspec's rule), each group in sorted order: the structs are only decoded and
-    # read, and `derived.stored_row` encodes them with sorted keys whatever their field order.
-    fields.sort(key=lambda field: len(field) == 3)
+    # Fields in sorted order (keyword-only, so optional ones may come before required ones): encoding a struct
+    # in its own field order then writes sorted keys, without sorting them again at every encoding.
     compiled = msgspec.defstruct(
-        schema.__name__ + "Struct", fields, forbid_unknown_fields=True, namespace=namespace, gc=False
+        schema.__name__ + "Struct", fields, forbid_unknown_fields=True, kw_only=True, namespace=namespace, gc=False
     )
     _COMPILED[schema] = compiled
     _CONTAINERS[compiled] = containers
@@ -233,7 +232,8 @@ def convert_valid_batch(traces: list[Any]) -> list[Any] | None:
 
 #: Compact JSON with sorted keys, of plain values and of the compiled structs alike: byte for byte what
 #: `orjson.dumps(..., option=OPT_SORT_KEYS)` writes for the same values (tests/unit/test_compiled_schema.py).
-canonical_json = msgspec.json.Encoder(order="sorted").encode
+#: "deterministic" sorts a dict's keys and writes a struct's fields in their order, which `_compiled` sorts.
+canonical_json = msgspec.json.Encoder(order="deterministic").encode
 
 
 def as_plain(traces: list[Any]) -> list[dict[str, Any]]:
