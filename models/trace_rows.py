@@ -1,11 +1,11 @@
 """The `trace` rows of a batch as the ingest path writes them: PostgreSQL's binary COPY stream, built in one pass
-over the traces. One definition, shared by the worker's COPY and the bench's raw COPY ceiling, so the two can
-never drift apart. Format: https://www.postgresql.org/docs/15/sql-copy.html ("Binary Format")."""
+over the traces as it is sent. One definition, shared by the worker's COPY and the bench's raw COPY ceiling, so
+the two can never drift apart. Format: https://www.postgresql.org/docs/15/sql-copy.html ("Binary Format")."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -13,7 +13,7 @@ from models import derived as derivation
 
 #: Columns the ingest path writes, in the stream's field order; `id` and `created_at` come from the database's
 #: defaults. Their types (uuid, int4, varchar, text, text, jsonb, jsonb, int4, int4, varchar, int2) are what
-#: `copy_stream` encodes: tests/unit/test_trace_rows.py holds them to the table's.
+#: `copy_chunks` encodes: tests/unit/test_trace_rows.py holds them to the table's.
 TRACE_COLUMNS = (
     "batch_id",
     "position",
@@ -28,9 +28,9 @@ TRACE_COLUMNS = (
     "derivation_version",
 )
 
-#: Bytes per CopyData message. PostgreSQL reads each message whole before it parses it: in 128 KiB messages
-#: its CPU per trace was lowest, ~10 % below 512 KiB (asyncpg's own size) and more below one message per batch
-#: (measured from 32 KiB to 3 MB, docs/performance.md).
+#: Bytes of row data per CopyData message. PostgreSQL reads each message whole before it parses it: in 128 KiB
+#: messages its CPU per trace was lowest, ~10 % below 512 KiB (asyncpg's own size) and more below one message
+#: per batch (measured from 32 KiB to 3 MB, docs/performance.md).
 COPY_MESSAGE_BYTES = 128 * 1024
 
 #: Signature, flags (no OIDs), no header extension.
@@ -47,14 +47,17 @@ _ROW_START = struct.Struct(">hi16siii").pack
 _ROW_END = struct.Struct(">iiiii64sih").pack
 
 
-def copy_stream(batch_id: UUID, traces: Sequence[Any]) -> bytes:
+def copy_chunks(batch_id: UUID, traces: Sequence[Any]) -> Iterator[bytes]:
     """The batch's rows in `TRACE_COLUMNS` order as one binary COPY stream (`COPY trace (...) FROM STDIN WITH
-    (FORMAT binary)`). `traces`: dicts shaped as `TraceIn`, or their compiled structs.
+    (FORMAT binary)`), built as it is sent: in chunks of whole rows, each at least COPY_MESSAGE_BYTES but the
+    last. `traces`: dicts shaped as `TraceIn`, or their compiled structs.
 
     Built here rather than by asyncpg's record encoder: each text field is encoded once, for the row and the
     content hash alike, and no per-value codec call is made (half the worker's CPU of encoding rows, measured).
+    Built lazily, so that PostgreSQL parses one message while the next is being built.
     """
     parts: list[bytes] = [_HEADER]
+    size = 0
     batch = batch_id.bytes
     version, stored_row = derivation.DERIVATION_VERSION, derivation.stored_row
     for position, trace in enumerate(traces):
@@ -74,13 +77,16 @@ def copy_stream(batch_id: UUID, traces: Sequence[Any]) -> bytes:
             meta or b"",
             _ROW_END(4, step_count, 4, total_chars, 64, content_hash.encode(), 2, version),
         )
+        size += len(prompt) + len(answer) + len(steps) + (len(meta) if meta else 0)
+        if size >= COPY_MESSAGE_BYTES:
+            yield b"".join(parts)
+            parts, size = [], 0
     parts.append(_TRAILER)
-    return b"".join(parts)
+    yield b"".join(parts)
 
 
-async def copy_messages(stream: bytes) -> AsyncIterator[memoryview]:
-    """`stream` cut into CopyData messages of COPY_MESSAGE_BYTES (COPY lets a message end anywhere in a row): the
-    `source` of asyncpg's `copy_to_table`."""
-    view = memoryview(stream)
-    for start in range(0, len(view), COPY_MESSAGE_BYTES):
-        yield view[start : start + COPY_MESSAGE_BYTES]
+async def copy_messages(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """The chunks as CopyData messages: the `source` of asyncpg's `copy_to_table`, which asks for the next one
+    once the last is written."""
+    for chunk in chunks:
+        yield chunk

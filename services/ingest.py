@@ -14,7 +14,7 @@ from sqlalchemy.sql import func
 
 from models.messages import IngestResult
 from models.tables import Batch, BatchState, Trace
-from models.trace_rows import TRACE_COLUMNS, copy_messages, copy_stream
+from models.trace_rows import TRACE_COLUMNS, copy_chunks, copy_messages
 from services.driver_connection import driver_connection
 from services.errors import BatchConflict
 from services.publish import Publisher, publish_result
@@ -33,9 +33,9 @@ async def copy_traces(session: AsyncSession, batch: BatchIn) -> None:
     (batch_id, position) stays as the safety net.
     """
     connection = await driver_connection(session)
-    stream = copy_stream(batch.batch_id, batch.valid.traces)
+    rows = copy_chunks(batch.batch_id, batch.valid.traces)
     await connection.copy_to_table(
-        Trace.__tablename__, source=copy_messages(stream), columns=TRACE_COLUMNS, format="binary"
+        Trace.__tablename__, source=copy_messages(rows), columns=TRACE_COLUMNS, format="binary"
     )
 
 

@@ -28,7 +28,7 @@ from models import compiled_schema
 from models.compiled_schema import TraceStruct, as_plain, convert_valid_batch, decode_valid_batch
 from models.derived import derive, stored_row
 from models.schemas import META_MAX_DEPTH, StepIn, TraceIn
-from models.trace_rows import copy_stream
+from models.trace_rows import copy_chunks
 from services.batch_body import encode_body, encode_compiled_body, holds_nul
 from services.validation import validate_json_array, validate_traces
 from tests.conftest import SAMPLE_DATA
@@ -249,7 +249,7 @@ def test_stored_columns_and_derived_fields_are_the_same_from_dicts_and_from_comp
         assert derive(plain) == derive(compiled)
         assert derive(compiled).content_hash == content_hash
     batch_id = uuid.uuid4()
-    assert copy_stream(batch_id, decoded) == copy_stream(batch_id, traces)
+    assert list(copy_chunks(batch_id, decoded)) == list(copy_chunks(batch_id, traces))
 
 
 def random_json(rng: random.Random, depth: int = 0) -> Any:

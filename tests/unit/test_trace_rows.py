@@ -13,10 +13,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from models.compiled_schema import decode_valid_batch
 from models.derived import DERIVATION_VERSION, derive
 from models.tables import Trace
-from models.trace_rows import COPY_MESSAGE_BYTES, TRACE_COLUMNS, copy_messages, copy_stream
+from models.trace_rows import COPY_MESSAGE_BYTES, TRACE_COLUMNS, copy_chunks, copy_messages
 
-#: What `copy_stream` encodes each column as, in its order.
+#: What `copy_chunks` encodes each column as, in its order.
 ENCODED_AS = [Uuid, Integer, String, Text, Text, JSONB, JSONB, Integer, Integer, String, SmallInteger]
+
+
+def copy_stream(batch_id: uuid.UUID, traces: list[Any]) -> bytes:
+    return b"".join(copy_chunks(batch_id, traces))
 
 
 def read_rows(stream: bytes) -> list[list[bytes | None]]:
@@ -89,9 +93,13 @@ def test_an_empty_batch_is_a_stream_of_no_rows() -> None:
     assert read_rows(copy_stream(uuid.uuid4(), [])) == []
 
 
-async def test_the_stream_goes_out_whole_in_messages_of_at_most_the_message_size() -> None:
-    stream = copy_stream(uuid.uuid4(), [trace(prompt="p" * 50_000)] * 7)
-    messages = [bytes(message) async for message in copy_messages(stream)]
-    assert len(stream) > 2 * COPY_MESSAGE_BYTES
-    assert b"".join(messages) == stream
-    assert all(len(message) == COPY_MESSAGE_BYTES for message in messages[:-1]) and messages[-1]
+async def test_a_large_batch_goes_out_in_messages_of_whole_rows_each_at_least_the_message_size() -> None:
+    traces = [trace(prompt="p" * 20_000, final_answer=str(position)) for position in range(40)]
+    batch_id = uuid.uuid4()
+    messages = [message async for message in copy_messages(copy_chunks(batch_id, traces))]
+    assert len(messages) > 2 and b"".join(messages) == copy_stream(batch_id, traces)
+    assert all(len(message) >= COPY_MESSAGE_BYTES for message in messages[:-1])
+    for end in range(1, len(messages)):  # every message but the last ends where a row ends
+        rows = read_rows(b"".join(messages[:end]) + b"\xff\xff")
+        assert rows and rows[-1][4] == str(len(rows) - 1).encode()
+    assert len(read_rows(b"".join(messages))) == 40

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from models.trace_rows import TRACE_COLUMNS, copy_messages, copy_stream
+from models.trace_rows import TRACE_COLUMNS, copy_chunks, copy_messages
 
 COPY_TABLE = "bench_copy_trace"
 
@@ -32,13 +32,13 @@ async def copy_ceiling(
     """Traces per second that `connections` parallel COPYs (one per batch) load into an equivalent table:
     same columns, defaults, unique key and indexes. The streams are built before the clock starts.
     `postgresql_cpu`: PostgreSQL's CPU seconds so far, read before and after (its backends still live)."""
-    streams = [copy_stream(uuid.uuid4(), batch) for batch in batches]
+    streams = [list(copy_chunks(uuid.uuid4(), batch)) for batch in batches]
     admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
         await admin.execute(f"CREATE TABLE {COPY_TABLE} (LIKE trace INCLUDING ALL)")
         pool = await asyncpg.create_pool(dsn, min_size=connections, max_size=connections)
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
         for stream in streams:
             queue.put_nowait(stream)
 
