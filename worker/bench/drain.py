@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 import os
+import socket
 import statistics
 import subprocess
 import time
@@ -16,16 +17,27 @@ import asyncpg
 from redis import Redis
 
 from worker.client.enqueue import enqueue_batch
+from worker.edge.app import app
 from worker.localstack.processes import ChildProcess, worker_process
 from worker.redis_connect import connect
+from worker.settings import get_settings
+
+#: The queue idle workers start on: the scheduled jobs' own, empty while the bench runs.
+IDLE_QUEUE = "reprocess"
 
 
-def start_workers(log_dir: Path, processes: int, pool: str) -> list[ChildProcess]:
-    """`processes` pool processes: one prefork node with that many children, or that many solo nodes."""
+def start_workers(log_dir: Path, processes: int, pool: str, *, draining: bool = True) -> list[ChildProcess]:
+    """`processes` pool processes: one prefork node with that many children, or that many solo nodes. Not
+    `draining`: they consume no ingest message until `start_draining`, so that what they have used until then
+    can be read first."""
+    queues = "ingest,reprocess" if draining else IDLE_QUEUE
     if pool == "prefork":
-        nodes = [worker_process("bench", log_dir, concurrency=processes)]
+        nodes = [worker_process("bench", log_dir, concurrency=processes, queues=queues)]
     else:
-        nodes = [worker_process(f"bench{index}", log_dir, concurrency=1, pool="solo") for index in range(processes)]
+        nodes = [
+            worker_process(f"bench{index}", log_dir, concurrency=1, pool="solo", queues=queues)
+            for index in range(processes)
+        ]
     # A node started again appends to its log: only a "ready" written after this start counts.
     log_ends = [node.log_path.stat().st_size if node.log_path.exists() else 0 for node in nodes]
     for node in nodes:
@@ -33,6 +45,19 @@ def start_workers(log_dir: Path, processes: int, pool: str) -> list[ChildProcess
     for node, since in zip(nodes, log_ends, strict=True):
         node.wait_for_log(b" ready.", since=since)
     return nodes
+
+
+def node_names(nodes: list[ChildProcess]) -> list[str]:
+    """The Celery node names of bench workers (`worker_process` calls them "worker NAME", Celery NAME@host)."""
+    return [f"{node.name.removeprefix('worker ')}@{socket.gethostname()}" for node in nodes]
+
+
+def start_draining(nodes: list[ChildProcess]) -> None:
+    """Have idle bench workers consume the ingest queue; returns once each has confirmed."""
+    names = node_names(nodes)
+    replies = app.control.add_consumer(get_settings().ingest_queue, destination=names, reply=True, timeout=10)
+    if len(replies) != len(names):
+        raise RuntimeError(f"only {len(replies)} of {len(names)} workers started consuming: {replies}")
 
 
 def _children(pids: list[int]) -> list[int]:
@@ -81,10 +106,11 @@ async def published_batches(dsn: str) -> int:
         await connection.close()
 
 
-async def wait_until_published(dsn: str, batches: int) -> float:
-    """Seconds until `batches` batches are published, polling every 50 ms (callers bound it with a timeout)."""
+async def wait_until_published(dsn: str, batches: int, *, started: float | None = None) -> float:
+    """Seconds until `batches` batches are published, polling every 50 ms (callers bound it with a timeout), from
+    `started` (a `time.perf_counter()` reading) or from now."""
     connection = await asyncpg.connect(dsn)
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     try:
         while await connection.fetchval("SELECT count(*) FROM batch WHERE published_at IS NOT NULL") < batches:
             await asyncio.sleep(0.05)

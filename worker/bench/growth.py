@@ -20,6 +20,7 @@ from worker.bench.drain import (
     cpu_seconds,
     enqueue_rate,
     published_batches,
+    start_draining,
     start_workers,
     wait_until_published,
     worker_pids,
@@ -143,14 +144,18 @@ def drain_once(
     traces = sum(len(batch) for batch in batches)
     already = asyncio.run(published_batches(dsn))
     enqueue_rate(batches, source=GROWTH_SOURCE)
-    nodes = start_workers(log_dir, processes, pool)
+    nodes = start_workers(log_dir, processes, pool, draining=False)
     try:
         meters: dict[str, Callable[[], float]] = {
             "workers": lambda: cpu_seconds(worker_pids(nodes)),
             "postgresql": lambda: cpu_seconds([postgres.pid()]),
         }
         before = {name: meter() for name, meter in meters.items()}
-        seconds = asyncio.run(asyncio.wait_for(wait_until_published(dsn, already + len(batches)), 3600))
+        started = time.perf_counter()
+        start_draining(nodes)
+        seconds = asyncio.run(
+            asyncio.wait_for(wait_until_published(dsn, already + len(batches), started=started), 3600)
+        )
         used = {name: (meter() - before[name]) / traces * 1e6 for name, meter in meters.items()}
     finally:
         for node in nodes:

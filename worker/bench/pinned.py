@@ -8,12 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from worker.bench.copy_ceiling import copy_ceiling
-from worker.bench.drain import cpu_seconds, enqueue_rate, published_batches, wait_until_published
+from worker.bench.drain import (
+    IDLE_QUEUE,
+    cpu_seconds,
+    enqueue_rate,
+    published_batches,
+    start_draining,
+    wait_until_published,
+)
 from worker.localstack.processes import ChildProcess, worker_command
 from worker.localstack.servers import PostgresServer, RedisServer
 
@@ -68,12 +76,15 @@ def pinned_drain(
     with postgres_on_its_own_core(postgres, redis) as (database, rest):
         enqueue_rate(batches, source="bench-pinned")
         cores = ",".join(map(str, sorted(rest)))
-        command = ["taskset", "-c", cores, *worker_command("pinned", concurrency=processes)]
+        command = ["taskset", "-c", cores, *worker_command("pinned", concurrency=processes, queues=IDLE_QUEUE)]
         node = ChildProcess("worker pinned", command, log_dir / "worker-pinned.log").start()
         try:
             node.wait_for_log(b" ready.")
             before = cpu_seconds([postgres.pid()])
-            seconds = asyncio.run(asyncio.wait_for(wait_until_published(dsn, already_published + len(batches)), 3600))
+            started = time.perf_counter()
+            start_draining([node])
+            published = wait_until_published(dsn, already_published + len(batches), started=started)
+            seconds = asyncio.run(asyncio.wait_for(published, 3600))
             drain_postgresql_us = (cpu_seconds([postgres.pid()]) - before) / traces * 1e6
         finally:
             node.stop()

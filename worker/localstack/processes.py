@@ -72,8 +72,10 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *arguments]
 
 
-def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork") -> list[str]:
-    """`celery worker` for node `name@host` on the ingest and reprocess queues."""
+def worker_command(
+    name: str, *, concurrency: int = 2, pool: str = "prefork", queues: str = "ingest,reprocess"
+) -> list[str]:
+    """`celery worker` for node `name@host` on `queues` (the ingest and reprocess queues)."""
     return celery_command(
         "worker",
         "-P",
@@ -83,7 +85,7 @@ def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork") ->
         "-n",
         f"{name}@%h",
         "-Q",
-        "ingest,reprocess",
+        queues,
         "--without-gossip",
         "--without-mingle",
         "--loglevel",
@@ -91,10 +93,11 @@ def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork") ->
     )
 
 
-def worker_process(name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork") -> ChildProcess:
-    return ChildProcess(
-        f"worker {name}", worker_command(name, concurrency=concurrency, pool=pool), log_dir / f"worker-{name}.log"
-    )
+def worker_process(
+    name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork", queues: str = "ingest,reprocess"
+) -> ChildProcess:
+    command = worker_command(name, concurrency=concurrency, pool=pool, queues=queues)
+    return ChildProcess(f"worker {name}", command, log_dir / f"worker-{name}.log")
 
 
 def beat_process(log_dir: Path) -> ChildProcess:
