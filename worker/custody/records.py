@@ -60,27 +60,33 @@ async def start_delivery(
     redis: AsyncRedis, claim: Claim, *, counter_key: str, counter_ttl_s: int, fetch_body: bool
 ) -> Delivery:
     """Note that a delivery of the claim's record started (its message left the queue), count the batch's
-    deliveries and fetch the body, in one round trip. A record that is not the claim's is left alone."""
+    deliveries and fetch the body, in one round trip. A record that is not the claim's is left alone.
+
+    The body comes from a GET in the script's MULTI (as atomic as the script itself), not from the script: Redis
+    spent ~4 ms of its CPU handing a 2.8 MB body out of Lua, ~1 ms for the GET (measured)."""
     script_keys = [
         keys.CUSTODY_WAITING,
         keys.CUSTODY_TAKEN,
         keys.CUSTODY_HORIZON,
         counter_key,
-        keys.custody_body_key(claim.record),
         keys.custody_ticket_key(claim.record),
     ]
     number = claim.record if claim.content_hash else ""  # a claim check's number is its message's place
-    deliveries, body, refused = await redis.eval(
-        scripts.START_DELIVERY,
-        len(script_keys),
-        *script_keys,
-        claim.record,
-        counter_ttl_s,
-        "1" if fetch_body else "0",
-        claim.batch_id,
-        claim.content_hash,
-        number,
-    )
+    async with redis.pipeline(transaction=True) as multi:
+        multi.eval(
+            scripts.START_DELIVERY,
+            len(script_keys),
+            *script_keys,
+            claim.record,
+            counter_ttl_s,
+            claim.batch_id,
+            claim.content_hash,
+            number,
+        )
+        if fetch_body:
+            multi.get(keys.custody_body_key(claim.record))
+        (deliveries, refused), *fetched = await multi.execute()
+    body = fetched[0] if fetched and int(refused) == 0 else None  # another batch's body is never used
     return Delivery(int(deliveries), body, foreign=int(refused) == _FOREIGN)
 
 
@@ -131,10 +137,13 @@ async def release(redis: AsyncRedis, claim: Claim) -> bool:
 
 
 async def stored_body(redis: AsyncRedis, claim: Claim) -> bytes | None:
-    """The body of the claim's record, if the record is the claim's."""
-    script_keys = [keys.custody_body_key(claim.record), keys.custody_ticket_key(claim.record)]
-    body = await redis.eval(scripts.STORED_BODY, len(script_keys), *script_keys, claim.batch_id, claim.content_hash)
-    return cast(bytes | None, body)  # the client does not decode responses
+    """The body of the claim's record, if the record is the claim's (a GET beside the check, as in
+    `start_delivery`)."""
+    async with redis.pipeline(transaction=True) as multi:
+        multi.eval(scripts.IS_OURS, 1, keys.custody_ticket_key(claim.record), claim.batch_id, claim.content_hash)
+        multi.get(keys.custody_body_key(claim.record))
+        ours, body = await multi.execute()
+    return cast(bytes | None, body) if ours else None  # the client does not decode responses
 
 
 async def count(redis: AsyncRedis, counter: str) -> None:
