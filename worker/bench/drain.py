@@ -52,12 +52,29 @@ def node_names(nodes: list[ChildProcess]) -> list[str]:
     return [f"{node.name.removeprefix('worker ')}@{socket.gethostname()}" for node in nodes]
 
 
-def start_draining(nodes: list[ChildProcess]) -> None:
-    """Have idle bench workers consume the ingest queue; returns once each has confirmed."""
-    names = node_names(nodes)
-    replies = app.control.add_consumer(get_settings().ingest_queue, destination=names, reply=True, timeout=10)
-    if len(replies) != len(names):
-        raise RuntimeError(f"only {len(replies)} of {len(names)} workers started consuming: {replies}")
+def start_draining(nodes: list[ChildProcess]) -> float:
+    """Have idle bench workers consume the ingest queue. Returns the `time.perf_counter()` moment they took its
+    first message: a worker takes a queue it is told to add once its current wait on the empty one ends (up
+    to a second), which is no part of a drain."""
+    settings = get_settings()
+    redis = connect()
+    try:
+        queued = int(redis.llen(settings.ingest_queue))
+        waiting = set(node_names(nodes))
+        deadline = time.monotonic() + 30
+        while waiting:  # a node that just said "ready" may not listen for broadcasts yet: ask again
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers {sorted(waiting)} did not start consuming {settings.ingest_queue}")
+            replies = app.control.add_consumer(
+                settings.ingest_queue, destination=sorted(waiting), reply=True, timeout=2
+            )
+            waiting -= {name for reply in replies for name in reply}
+        deadline = time.monotonic() + 10
+        while queued and redis.llen(settings.ingest_queue) >= queued and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return time.perf_counter()
+    finally:
+        redis.close()
 
 
 def _children(pids: list[int]) -> list[int]:

@@ -151,8 +151,7 @@ def drain_once(
             "postgresql": lambda: cpu_seconds([postgres.pid()]),
         }
         before = {name: meter() for name, meter in meters.items()}
-        started = time.perf_counter()
-        start_draining(nodes)
+        started = start_draining(nodes)
         seconds = asyncio.run(
             asyncio.wait_for(wait_until_published(dsn, already + len(batches), started=started), 3600)
         )

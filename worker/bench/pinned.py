@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,8 +80,7 @@ def pinned_drain(
         try:
             node.wait_for_log(b" ready.")
             before = cpu_seconds([postgres.pid()])
-            started = time.perf_counter()
-            start_draining([node])
+            started = start_draining([node])
             published = wait_until_published(dsn, already_published + len(batches), started=started)
             seconds = asyncio.run(asyncio.wait_for(published, 3600))
             drain_postgresql_us = (cpu_seconds([postgres.pid()]) - before) / traces * 1e6

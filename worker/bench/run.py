@@ -9,7 +9,6 @@ import gc
 import json
 import os
 import platform
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,8 +104,7 @@ def measure(
             "redis": lambda: cpu_seconds([servers[1].pid()], with_children=False),
         }
         before = {name: meter() for name, meter in meters.items()}
-        started = time.perf_counter()
-        start_draining(nodes)  # only now: a drain begun before the meters were read would go uncounted
+        started = start_draining(nodes)  # only now: a drain begun before the meters were read would go uncounted
         figures["drain_seconds"] = asyncio.run(
             asyncio.wait_for(wait_until_published(dsn, len(batches), started=started), 3600)
         )
