@@ -70,8 +70,10 @@ def start_draining(nodes: list[ChildProcess]) -> float:
             )
             waiting -= {name for reply in replies for name in reply}
         deadline = time.monotonic() + 10
-        while queued and redis.llen(settings.ingest_queue) >= queued and time.monotonic() < deadline:
-            time.sleep(0.001)
+        while queued and redis.llen(settings.ingest_queue) >= queued:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no worker took a message of {settings.ingest_queue} within 10 s")
+            time.sleep(0.005)
         return time.perf_counter()
     finally:
         redis.close()

@@ -64,6 +64,8 @@ class Runtime:
             settings.database_url.get_secret_value(),
             pool_size=settings.db_pool_size,
             max_overflow=0,
+            # Keep it: statements run straight on asyncpg (COPY, read-back, mark published) never tell the pool that
+            # their connection died with a PostgreSQL restart; the ping at the next checkout does.
             pool_pre_ping=True,
             connect_args={"server_settings": postgres_session_settings(settings, self.application_name)},
         )
