@@ -18,7 +18,7 @@ from redis import Redis
 
 from worker.client.enqueue import enqueue_batch
 from worker.edge.app import app
-from worker.localstack.processes import ChildProcess, worker_process
+from worker.localstack.processes import WORKER_QUEUES, ChildProcess, worker_process
 from worker.redis_connect import connect
 from worker.settings import get_settings
 
@@ -30,7 +30,7 @@ def start_workers(log_dir: Path, processes: int, pool: str, *, draining: bool = 
     """`processes` pool processes: one prefork node with that many children, or that many solo nodes. Not
     `draining`: they consume no ingest message until `start_draining`, so that what they have used until then
     can be read first."""
-    queues = "ingest,reprocess" if draining else IDLE_QUEUE
+    queues = WORKER_QUEUES if draining else IDLE_QUEUE
     if pool == "prefork":
         nodes = [worker_process("bench", log_dir, concurrency=processes, queues=queues)]
     else:

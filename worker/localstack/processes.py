@@ -72,9 +72,11 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *arguments]
 
 
-def worker_command(
-    name: str, *, concurrency: int = 2, pool: str = "prefork", queues: str = "ingest,reprocess"
-) -> list[str]:
+#: What every worker started here consumes: the ingest queue and the scheduled jobs'.
+WORKER_QUEUES = "ingest,reprocess"
+
+
+def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork", queues: str = WORKER_QUEUES) -> list[str]:
     """`celery worker` for node `name@host` on `queues` (the ingest and reprocess queues)."""
     return celery_command(
         "worker",
@@ -94,7 +96,7 @@ def worker_command(
 
 
 def worker_process(
-    name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork", queues: str = "ingest,reprocess"
+    name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork", queues: str = WORKER_QUEUES
 ) -> ChildProcess:
     command = worker_command(name, concurrency=concurrency, pool=pool, queues=queues)
     return ChildProcess(f"worker {name}", command, log_dir / f"worker-{name}.log")
