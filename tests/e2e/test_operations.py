@@ -80,6 +80,8 @@ def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth_and_renders_in_
         task = wait_for(ingest_task_seen, timeout=60, interval=1, what="Flower to list a succeeded ingest task")[0]
         assert task["worker"].startswith("e2e@")
         assert re.fullmatch(r"[0-9a-f-]{36}, n=5", task["args"]), task["args"]  # the claim check, readable
+        # The result's head, not a wall of ids: the batch, its state and count (RESULT_SHOWN_CHARS).
+        assert "'state': 'ingested', 'count': 5" in task["result"] and len(task["result"]) < 250, task["result"]
 
         browser = [
             "chromium",

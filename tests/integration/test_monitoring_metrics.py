@@ -1,9 +1,11 @@
-"""What workers record as they go (worker.edge.progress, driven here through Celery's own signals) reaches
-`tunix-ingest metrics` under Prometheus' naming conventions, and every metric the dashboard and the alerts name
-is exported."""
+"""What workers record as they go (worker.edge.progress: marks driven here through Celery's own signals, outcomes
+counted as the delivery counts them) reaches `tunix-ingest metrics` under Prometheus' naming conventions, and every
+metric the dashboard and the alerts name is exported. tests/integration/test_task_edge.py holds a real delivery's
+outcome to the same counters."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -38,14 +40,14 @@ def scrape(budget: float | None = None) -> dict[str, dict[tuple[tuple[str, str],
     return samples
 
 
-def finish(kwargs: dict[str, Any], retval: object, state: str = "SUCCESS") -> None:
-    """An ingest task ends in a pool process. (The task is imported here: a Celery task in a test module's
-    namespace is touched by pytest's collection, which would configure the app before the test servers exist.)"""
-    from worker.edge.tasks import ingest_batch
-
-    signals.task_postrun.send(
-        sender=ingest_batch, task=ingest_batch, task_id="t", args=(), kwargs=kwargs, retval=retval, state=state
-    )
+def finish(message: dict[str, Any], state: str, count: int, published: bool = True) -> None:
+    """A batch's final outcome, counted as the delivery counts it: in a pipeline it sends (with its release)."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    with client.pipeline(transaction=False) as pipe:
+        progress.count_outcome(
+            pipe, state=state, count=count, published=published, enqueued_at=message["enqueued_at"], now=time.time()
+        )
+        pipe.execute()
 
 
 def take_task() -> None:
@@ -67,15 +69,16 @@ def worker_id(monkeypatch: pytest.MonkeyPatch) -> str:
 def test_finished_batches_feed_the_counters_and_the_latency_histogram(worker_id: str, redis_url: str) -> None:
     enqueued = (datetime.now(UTC) - timedelta(seconds=3)).isoformat()
     message = {"batch_id": str(uuid.uuid4()), "enqueued_at": enqueued}
-    finish(message, {"state": "ingested", "count": 20, "published": True})
-    finish(message, {"state": "ingested", "count": 10, "published": False})  # the sweep announces this one
-    finish(message, {"state": "failed", "count": 5})
-    finish(message, {"state": "rejected", "count": 5})
-    finish(message, RuntimeError("retry"), state="RETRY")  # a retry is no outcome
-    take_task()
+    finish(message, "ingested", 20)
+    finish(message, "ingested", 10, published=False)  # the sweep announces this one
+    finish(message, "failed", 0, published=False)
+    finish(message, "rejected", 0, published=False)
+    finish({"enqueued_at": "not a time"}, "ingested", 0)  # a hand-crafted message tells no latency
+    progress._last_mark = 0.0
+    signals.task_postrun.send(sender=None, task=None, state="RETRY")  # a task that ended marks progress
 
     metrics = scrape()
-    assert metrics["tunix_ingest_batches_ingested_total"][()] == 2
+    assert metrics["tunix_ingest_batches_ingested_total"][()] == 3
     assert metrics["tunix_ingest_traces_ingested_total"][()] == 30
     parked = metrics["tunix_ingest_batches_parked_total"]
     assert parked[(("state", "failed"),)] == 1 and parked[(("state", "rejected"),)] == 1

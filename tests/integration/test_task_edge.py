@@ -16,7 +16,7 @@ from celery.result import AsyncResult
 
 from tests.db import query
 from tests.polling import wait_for
-from worker import app, enqueue_batch
+from worker import app, enqueue_batch, keys
 from worker.edge.runtime import stop_runtime
 from worker.keys import delivery_counter_key
 from worker.localstack.sample_traces import generate_traces
@@ -51,6 +51,10 @@ def test_a_batch_is_stored_once_and_its_result_names_its_rows(in_process_worker:
     rows = query(database_url, "SELECT id FROM trace ORDER BY position")
     assert result["state"] == "ingested" and result["published"] is True
     assert result["ids"] == [row.id for row in rows] and len(rows) == 3
+    # Counted for the metrics in the round trip that released its custody, which holds nothing of it now.
+    client = redis.Redis.from_url(get_settings().redis_url.get_secret_value())
+    assert client.hgetall(keys.COUNTERS) == {b"batches_ingested": b"1", b"traces_ingested": b"3"}
+    assert not client.keys(keys.custody_body_key("*"))
 
 
 def test_a_batch_past_its_delivery_budget_is_parked_failed_with_the_reason(database_url: str, redis_url: str) -> None:
@@ -82,6 +86,9 @@ def test_a_hand_crafted_invalid_message_is_rejected_once_and_never_retried(
     assert {error["field_path"] for error in result["errors"]} >= {"prompt", "final_answer", "steps"}
     (batch,) = query(database_url, "SELECT id, state, attempts FROM batch")
     assert (batch.id, batch.state, batch.attempts) == (batch_id, "rejected", 1)
+    assert redis.Redis.from_url(get_settings().redis_url.get_secret_value()).hgetall(keys.COUNTERS) == {
+        b"batches_rejected": b"1"
+    }
 
 
 def test_a_database_that_is_away_makes_the_task_retry_with_backoff_not_fail(redis_url: str) -> None:

@@ -120,6 +120,15 @@ async def requeued(redis: AsyncRedis, claim: Claim) -> None:
 async def release(redis: AsyncRedis, claim: Claim) -> bool:
     """PostgreSQL holds the batch (stored, rejected or parked as failed): the claim's record and its body go,
     if the record is the claim's. True if released."""
+    async with redis.pipeline(transaction=False) as pipe:
+        queue_release(pipe, claim)
+        (released,) = await pipe.execute()
+    return bool(released)
+
+
+def queue_release(pipe: Any, claim: Claim) -> None:
+    """`release` as one command of the caller's pipeline (its answer: 1 if released), so that what the caller
+    records of the same outcome travels in the same round trip."""
     record = claim.record
     script_keys = [
         keys.custody_body_key(record),
@@ -130,10 +139,7 @@ async def release(redis: AsyncRedis, claim: Claim) -> bool:
         keys.CUSTODY_OWNERS,
         keys.CUSTODY_RECORDS,
     ]
-    released = await redis.eval(
-        scripts.RELEASE, len(script_keys), *script_keys, record, claim.batch_id, claim.content_hash
-    )
-    return bool(released)
+    pipe.eval(scripts.RELEASE, len(script_keys), *script_keys, record, claim.batch_id, claim.content_hash)
 
 
 async def stored_body(redis: AsyncRedis, claim: Claim) -> bytes | None:

@@ -4,6 +4,7 @@ call, and, when it fails, the delivery budget's decision between a retry and par
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, NamedTuple
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -13,6 +14,7 @@ from models.tables import BatchState
 from services.delivery import body_missing, ingest_message, is_claim_check, park_failed_message, park_unread
 from worker import keys
 from worker.custody import records as custody
+from worker.edge import progress
 from worker.edge.retry import decide, is_transient
 from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime
 from worker.keys import delivery_counter_key
@@ -61,7 +63,7 @@ async def _deliver(runtime: Runtime, message: dict[str, Any]) -> IngestResult:
         )
     if body_missing(message, delivery.body) and result.state == BatchState.FAILED:
         await custody.count(runtime.redis, keys.CUSTODY_BODIES_MISSING)
-    await custody.release(runtime.redis, custody.claim_of(message))  # every outcome is final and in PostgreSQL
+    await _release_and_count(runtime, message, result)  # every outcome is final and in PostgreSQL
     return result
 
 
@@ -77,8 +79,28 @@ async def _park(
             result = await park_failed_message(
                 session, message, body=body, reason=reason, attempts=attempts, limits=runtime.limits
             )
-    await custody.release(runtime.redis, claim)
+    await _release_and_count(runtime, message, result)
     return result
+
+
+async def _release_and_count(runtime: Runtime, message: dict[str, Any], result: IngestResult) -> None:
+    """Release the batch's custody and count its outcome for the metrics, in one round trip. Counting is best
+    effort (a counter that fails is logged); the release is not."""
+    async with runtime.redis.pipeline(transaction=False) as pipe:
+        custody.queue_release(pipe, custody.claim_of(message))
+        progress.count_outcome(
+            pipe,
+            state=result.state,
+            count=result.count,
+            published=result.published,
+            enqueued_at=message.get("enqueued_at"),
+            now=time.time(),
+        )
+        released, *counted = await pipe.execute(raise_on_error=False)
+    if isinstance(released, Exception):
+        raise released
+    if failed := [answer for answer in counted if isinstance(answer, Exception)]:
+        log.warning("batch %s: outcome not counted: %s", message.get("batch_id"), redact(str(failed[0])))
 
 
 def _note_requeue(runtime: Runtime, message: dict[str, Any]) -> None:

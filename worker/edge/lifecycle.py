@@ -41,9 +41,9 @@ HANDLERS: tuple[tuple[Signal, Callable[..., Any]], ...] = (
     (signals.worker_process_init, _start_runtime),
     # A message is reserved (main process): custody records its owner; the probe sees progress.
     (signals.task_received, heartbeat.own_received_batch),
-    (signals.task_received, progress.mark_received),
+    (signals.task_received, progress.mark_progress),
     # A task ended (pool process): progress and outcome counters, then hand freed memory back now and then.
-    (signals.task_postrun, progress.mark_done),
+    (signals.task_postrun, progress.mark_progress),
     (signals.task_postrun, heap.return_freed_memory),
     # Stopping: the pool processes' runtimes, then (main process) leave the registry, stop the heartbeat and
     # forget custody's owner entries, and close the main process's runtime (the solo pool's).

@@ -4,8 +4,9 @@ A worker can keep its heartbeat (worker.edge.heartbeat: a thread, not on the bro
 after a Redis reconnect or failover its broker connection may be half-open, and the worker waits forever for a
 reply that never comes. Only what it *does* tells: so every node marks `ingest:progress:<worker id>` when it takes
 a message (`task_received`, main process) and when a task ends (`task_postrun`, the pool process), and the probe
-compares that mark with the age of the oldest queued batch. The ending of an `ingest.batch` also feeds counters
-and the enqueue→published histogram the metrics command exports (workers are the only place that sees them).
+compares that mark with the age of the oldest queued batch. Each batch's outcome also feeds counters and the
+enqueue→published histogram the metrics command exports (workers are the only place that sees them): the delivery
+counts it (`count_outcome`) in the round trip that releases the batch's custody, not in one of its own.
 
 `ingest:nodes` maps each node name to its current worker id, so readers find a node's keys without a SCAN; a clean
 shutdown removes the node, a crash leaves it for the metrics to report as down. Every write is best effort: one
@@ -72,13 +73,14 @@ def _mark(pipe: Any, worker_id: str, now: float) -> None:
     pipe.hset(keys.NODES, node_of(worker_id), worker_id)  # re-registers a node the metrics forgot while it was away
 
 
-def _count_outcome(pipe: Any, result: dict[str, Any], message: dict[str, Any], now: float) -> None:
-    state = result.get("state")
+def count_outcome(pipe: Any, *, state: str, count: int, published: bool, enqueued_at: object, now: float) -> None:
+    """Queue, in the caller's pipeline, the counters of one batch's final outcome (`state`: ingested, failed or
+    rejected; `count`: its stored traces) and, when its event is out, its enqueue→published time. `enqueued_at`:
+    what the message says (ISO 8601 text; anything else tells no latency)."""
     if state == "ingested":
         pipe.hincrby(keys.COUNTERS, "batches_ingested", 1)
-        pipe.hincrby(keys.COUNTERS, "traces_ingested", int(result.get("count") or 0))
-        enqueued_at = message.get("enqueued_at")
-        if result.get("published") and isinstance(enqueued_at, str):
+        pipe.hincrby(keys.COUNTERS, "traces_ingested", count)
+        if published and isinstance(enqueued_at, str):
             try:
                 waited = max(0.0, now - datetime.fromisoformat(enqueued_at).timestamp())
             except ValueError:  # a hand-crafted message: no latency to tell
@@ -99,28 +101,11 @@ def _write(fill: Any) -> None:
         log.warning("progress not recorded: %s", redact(str(error)))
 
 
-def mark_received(request: Any = None, **_: object) -> None:
+def mark_progress(**_: object) -> None:
+    """A message was taken or a task ended in this process: mark the node's progress, if the last mark is due."""
     worker_id = current_worker_id()
     if worker_id and time.monotonic() - _last_mark >= _MARK_EVERY_S:
         _write(lambda pipe: _mark(pipe, worker_id, time.time()))
-
-
-def mark_done(
-    task: Any = None, kwargs: dict[str, Any] | None = None, retval: Any = None, state: str | None = None, **_: object
-) -> None:
-    worker_id = current_worker_id()
-    counted = getattr(task, "name", None) == keys.INGEST_TASK and state == "SUCCESS" and isinstance(retval, dict)
-    due = time.monotonic() - _last_mark >= _MARK_EVERY_S
-    if not worker_id or not (counted or due):
-        return
-    now = time.time()
-
-    def fill(pipe: Any) -> None:
-        _mark(pipe, worker_id, now)
-        if counted:
-            _count_outcome(pipe, retval, kwargs or {}, now)
-
-    _write(fill)
 
 
 def register_node(**_: object) -> None:

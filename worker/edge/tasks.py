@@ -11,8 +11,17 @@ from worker import keys
 from worker.edge import delivery
 from worker.edge.app import app
 
+#: Characters of the result that Flower's task view and the success log line show: its head (batch id, source,
+#: state, count, ingest time). The repr of all its 1,000 ids cost the pool process 0.24 ms a task (measured).
+RESULT_SHOWN_CHARS = 200
 
-@app.task(bind=True, name=keys.INGEST_TASK, max_retries=None)  # the delivery budget decides: worker/edge/retry.py
+
+@app.task(
+    bind=True,
+    name=keys.INGEST_TASK,
+    max_retries=None,  # the delivery budget decides: worker/edge/retry.py
+    resultrepr_maxsize=RESULT_SHOWN_CHARS,
+)
 def ingest_batch(self: Task, *args: Any, **message: Any) -> dict[str, Any]:
     """Store one batch and publish its event. Safe to run again: rows are keyed by (batch_id, position).
 
