@@ -96,3 +96,22 @@ def test_truncating_batches_with_cascade_empties_the_trace_table(database_url: s
     _add_batches(database_url, 2)
     query(database_url, "TRUNCATE batch CASCADE")
     assert _traces_by_batch(database_url) == {}
+
+
+def test_a_role_that_may_delete_batches_deletes_their_traces_without_a_grant_on_trace(database_url: str) -> None:
+    """As the foreign key's cascade did, the trigger acts as the tables' owner (SECURITY DEFINER)."""
+    kept, deleted = _add_batches(database_url, 2)
+
+    async def delete_as_a_retention_role() -> None:
+        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        await connection.execute(
+            "CREATE ROLE test_retention; GRANT SELECT, DELETE ON batch TO test_retention; SET ROLE test_retention"
+        )
+        try:
+            await connection.execute("DELETE FROM batch WHERE id = $1", deleted)
+        finally:
+            await connection.execute("RESET ROLE; REVOKE ALL ON batch FROM test_retention; DROP ROLE test_retention")
+            await connection.close()
+
+    asyncio.run(delete_as_a_retention_role())
+    assert _traces_by_batch(database_url) == {kept: 2}

@@ -5,7 +5,6 @@ outcome to the same counters."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -40,10 +39,9 @@ def scrape(budget: float | None = None) -> dict[str, dict[tuple[tuple[str, str],
     return samples
 
 
-def finish(message: dict[str, Any], state: str, count: int, published: bool = True) -> None:
+def finish(redis_url: str, message: dict[str, Any], state: str, count: int, published: bool = True) -> None:
     """A batch's final outcome, counted as the delivery counts it: in a pipeline it sends (with its release)."""
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    with client.pipeline(transaction=False) as pipe:
+    with redis.Redis.from_url(redis_url) as client, client.pipeline(transaction=False) as pipe:
         progress.count_outcome(
             pipe, state=state, count=count, published=published, enqueued_at=message["enqueued_at"], now=time.time()
         )
@@ -66,15 +64,17 @@ def worker_id(monkeypatch: pytest.MonkeyPatch) -> str:
     return identity
 
 
-def test_finished_batches_feed_the_counters_and_the_latency_histogram(worker_id: str, redis_url: str) -> None:
+def test_finished_batches_feed_the_counters_and_the_latency_histogram(
+    worker_id: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     enqueued = (datetime.now(UTC) - timedelta(seconds=3)).isoformat()
     message = {"batch_id": str(uuid.uuid4()), "enqueued_at": enqueued}
-    finish(message, "ingested", 20)
-    finish(message, "ingested", 10, published=False)  # the sweep announces this one
-    finish(message, "failed", 0, published=False)
-    finish(message, "rejected", 0, published=False)
-    finish({"enqueued_at": "not a time"}, "ingested", 0)  # a hand-crafted message tells no latency
-    progress._last_mark = 0.0
+    finish(redis_url, message, "ingested", 20)
+    finish(redis_url, message, "ingested", 10, published=False)  # the sweep announces this one
+    finish(redis_url, message, "failed", 0, published=False)
+    finish(redis_url, message, "rejected", 0, published=False)
+    finish(redis_url, {"enqueued_at": "not a time"}, "ingested", 0)  # a hand-crafted message tells no latency
+    monkeypatch.setattr(progress, "_last_mark", 0.0)
     signals.task_postrun.send(sender=None, task=None, state="RETRY")  # a task that ended marks progress
 
     metrics = scrape()

@@ -104,3 +104,4 @@ def test_a_database_that_is_away_makes_the_task_retry_with_backoff_not_fail(redi
     assert retrying
     counted = redis.Redis.from_url(redis_url).get(delivery_counter_key(str(receipt.batch_id)))
     assert int(counted or 0) == 1  # one delivery so far: the retry waits for its backoff, in the broker
+    assert not redis.Redis.from_url(redis_url).exists(keys.COUNTERS)  # a retry is no outcome: nothing counted

@@ -110,7 +110,8 @@ async def disk_per_million(dsn: str) -> dict[str, float]:
 
 async def retention(dsn: str, traces: int) -> dict[str, float]:
     """Retention as an operator runs it without partitions: delete the oldest batches holding about `traces`
-    traces (their rows go with them, ON DELETE CASCADE), then VACUUM so the space is reused. Seconds of each."""
+    traces (their rows go with them: a trigger on `batch`, migration 0005), then VACUUM so the space is reused.
+    Seconds of each."""
     connection = await asyncpg.connect(dsn)
     try:
         started = time.perf_counter()

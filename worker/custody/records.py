@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, cast
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from worker import keys
 from worker.custody import scripts
@@ -126,7 +127,7 @@ async def release(redis: AsyncRedis, claim: Claim) -> bool:
     return bool(released)
 
 
-def queue_release(pipe: Any, claim: Claim) -> None:
+def queue_release(pipe: AsyncPipeline, claim: Claim) -> None:
     """`release` as one command of the caller's pipeline (its answer: 1 if released), so that what the caller
     records of the same outcome travels in the same round trip."""
     record = claim.record

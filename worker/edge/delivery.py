@@ -85,7 +85,9 @@ async def _park(
 
 async def _release_and_count(runtime: Runtime, message: dict[str, Any], result: IngestResult) -> None:
     """Release the batch's custody and count its outcome for the metrics, in one round trip. Counting is best
-    effort (a counter that fails is logged); the release is not."""
+    effort (a counter that fails is logged); the release is not. Redis runs every command of the pipeline: if it
+    refuses only the release's script (a custody key of the wrong type, written by hand), the outcome is counted
+    and the delivery still fails, so the counters may say more than PostgreSQL holds; the error is logged."""
     async with runtime.redis.pipeline(transaction=False) as pipe:
         custody.queue_release(pipe, custody.claim_of(message))
         progress.count_outcome(

@@ -42,7 +42,8 @@ HANDLERS: tuple[tuple[Signal, Callable[..., Any]], ...] = (
     # A message is reserved (main process): custody records its owner; the probe sees progress.
     (signals.task_received, heartbeat.own_received_batch),
     (signals.task_received, progress.mark_progress),
-    # A task ended (pool process): progress and outcome counters, then hand freed memory back now and then.
+    # A task ended (pool process): progress, then hand freed memory back now and then. (A batch's outcome is counted
+    # by its delivery, with its custody release: worker.edge.delivery.)
     (signals.task_postrun, progress.mark_progress),
     (signals.task_postrun, heap.return_freed_memory),
     # Stopping: the pool processes' runtimes, then (main process) leave the registry, stop the heartbeat and
