@@ -18,12 +18,13 @@ from redis import Redis
 
 from worker.client.enqueue import enqueue_batch
 from worker.edge.app import app
+from worker.keys import REPROCESS_QUEUE
 from worker.localstack.processes import WORKER_QUEUES, ChildProcess, worker_process
 from worker.redis_connect import connect
 from worker.settings import get_settings
 
 #: The queue idle workers start on: the scheduled jobs' own, empty while the bench runs.
-IDLE_QUEUE = "reprocess"
+IDLE_QUEUE = REPROCESS_QUEUE
 
 
 def start_workers(log_dir: Path, processes: int, pool: str, *, draining: bool = True) -> list[ChildProcess]:

@@ -6,9 +6,10 @@ Create Date: 2026-12-05
 
 The foreign key checked every trace row as the COPY wrote it: one lookup and one row lock on `batch` per trace,
 5–6 µs of the backend's CPU each in isolation (15–19 % of the COPY), ~3.5 µs a trace of PostgreSQL's CPU in the
-bench's drain (docs/performance.md, "Performance III, part 3"). PostgreSQL, the part of the pipeline that does not scale out, spent it on a fact the write path already
-holds: the claim inserts the batch row, or locks it to revive it, in the transaction that then writes the
-batch's traces, and nothing else writes trace rows (docs/architecture.md, "COPY inside the session").
+bench's drain (docs/performance.md, "Performance III, part 3"). PostgreSQL, the part of the pipeline that does
+not scale out, spent it on a fact the write path already holds: the claim inserts the batch row, or locks it to
+revive it, in the transaction that then writes the batch's traces, and nothing else in the product writes trace
+rows (docs/architecture.md, "COPY inside the session").
 
 What the foreign key did beyond that is kept: deleting batches (an operator's retention, `DELETE FROM batch
 WHERE ...`) deletes their traces, and `TRUNCATE batch CASCADE` empties `trace` too, by the triggers below, one
