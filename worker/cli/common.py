@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import select
+import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -32,6 +34,8 @@ def expected_failures(command: Callable[P, T]) -> Callable[P, T]:
         except IngestError as error:
             raise ExpectedFailure(redact(str(error))) from None
         except (DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            if isinstance(error, BrokenPipeError) and stdout_reader_gone():
+                raise  # `stats | head -1`: the output's reader left, no server failed; click ends quietly (exit 1)
             raise ExpectedFailure(redact(f"database unreachable or failing: {type(error).__name__}: {error}")) from None
         except RedisError as error:
             raise ExpectedFailure(redact(f"Redis unreachable: {type(error).__name__}: {error}")) from None
@@ -39,6 +43,17 @@ def expected_failures(command: Callable[P, T]) -> Callable[P, T]:
             raise ExpectedFailure(f"gave up waiting for results: {error}") from None
 
     return wrapper
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has closed it: a write there raised BrokenPipeError,
+    not a connection to a server."""
+    poller = select.poll()
+    try:
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (OSError, ValueError):  # no file descriptor (a test runner's capture) or a closed one
+        return False
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def json_ready(value: Any) -> Any:
