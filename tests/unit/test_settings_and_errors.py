@@ -17,7 +17,8 @@ from services.errors import BatchConflict, BatchRejected, PublishFailed, QueueFu
 from worker.client.jsonl import read_jsonl
 from worker.edge.app import celery_config
 from worker.edge.retry import decide, is_transient
-from worker.settings import Settings, redact
+from worker.localstack.processes import worker_command
+from worker.settings import Settings, environment, get_settings, redact
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,15 @@ def test_celery_is_configured_json_only_with_late_acks() -> None:
     assert config["worker_prefetch_multiplier"] == 1
     assert config["task_acks_on_timeout"] is False  # a task cut by the hard time limit goes back to the queue
     assert {queue.name for queue in config["task_queues"]} == {"ingest", "reprocess"}  # a plain worker takes both
+
+
+def test_local_workers_consume_the_configured_ingest_queue() -> None:
+    """`tunix-ingest run` and the bench start workers on the queue producers use, whatever INGEST_QUEUE says."""
+    with environment(INGEST_QUEUE="ingest-blue"):
+        command = worker_command("local")
+        routed = celery_config(get_settings())["task_routes"]
+    assert command[command.index("-Q") + 1] == "ingest-blue,reprocess"
+    assert next(iter(routed.values())) == {"queue": "ingest-blue"}
 
 
 def test_rediss_urls_get_certificate_verification() -> None:

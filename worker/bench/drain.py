@@ -8,7 +8,6 @@ import math
 import os
 import socket
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +18,7 @@ from redis import Redis
 from worker.client.enqueue import enqueue_batch
 from worker.edge.app import app
 from worker.keys import REPROCESS_QUEUE
-from worker.localstack.processes import WORKER_QUEUES, ChildProcess, worker_process
+from worker.localstack.processes import ChildProcess, worker_process, worker_queues
 from worker.redis_connect import connect
 from worker.settings import get_settings
 
@@ -31,7 +30,7 @@ def start_workers(log_dir: Path, processes: int, pool: str, *, draining: bool = 
     """`processes` pool processes: one prefork node with that many children, or that many solo nodes. Not
     `draining`: they consume no ingest message until `start_draining`, so that what they have used until then
     can be read first."""
-    queues = WORKER_QUEUES if draining else IDLE_QUEUE
+    queues = worker_queues() if draining else IDLE_QUEUE
     if pool == "prefork":
         nodes = [worker_process("bench", log_dir, concurrency=processes, queues=queues)]
     else:
@@ -80,9 +79,16 @@ def start_draining(nodes: list[ChildProcess]) -> float:
         redis.close()
 
 
-def _children(pids: list[int]) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", ",".join(map(str, pids))], capture_output=True, text=True).stdout
-    return [int(child) for child in found.split()]
+def children(pids: list[int]) -> list[int]:
+    """The live children of `pids` (one level: a prefork node's pool processes, a postmaster's backends), as
+    each of their threads forked them (/proc/PID/task/TID/children)."""
+    found: list[int] = []
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            for thread in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(FileNotFoundError):
+                    found += map(int, Path(f"/proc/{pid}/task/{thread}/children").read_text().split())
+    return found
 
 
 def _on_cpu_ns(pid: int) -> int:
@@ -98,7 +104,7 @@ def _on_cpu_ns(pid: int) -> int:
 
 def cpu_seconds(pids: list[int], *, with_children: bool = True) -> float:
     """User + system CPU seconds of these processes (and their live children) so far, from /proc."""
-    return sum(_on_cpu_ns(pid) for pid in pids + (_children(pids) if with_children else [])) / 1e9
+    return sum(_on_cpu_ns(pid) for pid in pids + (children(pids) if with_children else [])) / 1e9
 
 
 def worker_pids(nodes: list[ChildProcess]) -> list[int]:
@@ -109,7 +115,7 @@ def rss_mib(nodes: list[ChildProcess]) -> float:
     """Resident memory of every worker process (main processes and pool children), in MiB."""
     pids = worker_pids(nodes)
     total_kb = 0
-    for pid in pids + _children(pids):
+    for pid in pids + children(pids):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:

@@ -15,6 +15,7 @@ from typing import Any
 from worker.bench.copy_ceiling import copy_ceiling
 from worker.bench.drain import (
     IDLE_QUEUE,
+    children,
     cpu_seconds,
     enqueue_rate,
     published_batches,
@@ -25,18 +26,10 @@ from worker.localstack.processes import ChildProcess, worker_command
 from worker.localstack.servers import PostgresServer, RedisServer
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(child) for child in found.split()]
-
-
 def pin(pid: int, cores: set[int]) -> None:
     """Every thread of `pid` and of its children (one level: a postmaster's processes) onto `cores`; what they
     fork later inherits it."""
-    for process in (pid, *_children(pid)):
+    for process in (pid, *children([pid])):
         with contextlib.suppress(FileNotFoundError):
             for thread in os.listdir(f"/proc/{process}/task"):
                 with contextlib.suppress(ProcessLookupError):

@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from worker.keys import REPROCESS_QUEUE
+from worker.settings import get_settings
+
 
 class ChildProcess:
     """A long-running command with its output in `log_path`."""
@@ -72,12 +75,14 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *arguments]
 
 
-#: What every worker started here consumes: the ingest queue and the scheduled jobs'.
-WORKER_QUEUES = "ingest,reprocess"
+def worker_queues() -> str:
+    """What every worker started here consumes: the ingest queue as configured (`INGEST_QUEUE`, where producers
+    put batches) and the scheduled jobs'."""
+    return f"{get_settings().ingest_queue},{REPROCESS_QUEUE}"
 
 
-def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork", queues: str = WORKER_QUEUES) -> list[str]:
-    """`celery worker` for node `name@host` on `queues` (the ingest and reprocess queues)."""
+def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork", queues: str | None = None) -> list[str]:
+    """`celery worker` for node `name@host` on `queues` (by default `worker_queues()`)."""
     return celery_command(
         "worker",
         "-P",
@@ -87,7 +92,7 @@ def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork", qu
         "-n",
         f"{name}@%h",
         "-Q",
-        queues,
+        queues or worker_queues(),
         "--without-gossip",
         "--without-mingle",
         "--loglevel",
@@ -96,7 +101,7 @@ def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork", qu
 
 
 def worker_process(
-    name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork", queues: str = WORKER_QUEUES
+    name: str, log_dir: Path, *, concurrency: int = 2, pool: str = "prefork", queues: str | None = None
 ) -> ChildProcess:
     command = worker_command(name, concurrency=concurrency, pool=pool, queues=queues)
     return ChildProcess(f"worker {name}", command, log_dir / f"worker-{name}.log")
