@@ -3,11 +3,21 @@ interrupted task, and the replaced one's sessions ended."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+from types import FrameType
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.db import query
+from tests.db import query, scalar
+from tests.polling import wait_for
 from worker.edge.runtime import current_runtime, replace_abandoned_runtime, stop_runtime
+from worker.edge.scheduled_jobs import sweep_unpublished
+
+_STATES = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
 
 
 def test_an_abandoned_runtime_is_replaced_and_its_open_transaction_ended(database_url: str) -> None:
@@ -48,5 +58,37 @@ def test_worker_sessions_carry_postgres_side_limits_below_the_soft_time_limit() 
 
     try:
         assert runtime.run(limits()) == ["30s", "15s", "30s"]  # half (a quarter for locks) of the 60 s soft limit
+    finally:
+        stop_runtime()
+
+
+def _soft_time_limit(signum: int, frame: FrameType | None) -> None:
+    raise SoftTimeLimitExceeded()  # what Celery's pool does in the task's process when the soft limit passes
+
+
+def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_no_later_task(
+    database_url: str,
+) -> None:
+    """The outbox sweep waits on a lock held elsewhere, as a long job would run on, until its soft time limit
+    fires: the runtime it ran on (whose loop still holds the half-run sweep) is replaced, and its session ended."""
+    statements = ("BEGIN", "LOCK TABLE batch", "SELECT pg_sleep(3)", "COMMIT")
+    psql = ["psql", "-q", database_url.replace("+asyncpg", "")]
+    holder = subprocess.Popen(psql + [word for sql in statements for word in ("-c", sql)], stdout=subprocess.DEVNULL)
+    held = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'batch'::regclass"
+    wait_for(lambda: scalar(database_url, held) == 1, what="the lock to be held")
+    cut = current_runtime()
+    previous = signal.signal(signal.SIGALRM, _soft_time_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(SoftTimeLimitExceeded):
+            sweep_unpublished()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        holder.wait(30)
+    try:
+        assert current_runtime() is not cut
+        assert query(database_url, _STATES, name=cut.application_name) == []
+        assert sweep_unpublished() == 0  # the next job runs on the new runtime
     finally:
         stop_runtime()

@@ -13,9 +13,10 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import TypeVar
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -159,6 +160,18 @@ def replace_abandoned_runtime() -> Runtime:
         except Exception as error:
             log.warning("could not end the abandoned runtime's sessions: %s", redact(str(error)))
     return runtime
+
+
+@contextlib.contextmanager
+def runtime_for_task() -> Iterator[Runtime]:
+    """This process's runtime for one task's work. When the task's soft time limit cuts it, the half-run
+    coroutine stays in the runtime's loop, and the next task must never resume it: the runtime is replaced
+    (`replace_abandoned_runtime`) before the limit propagates to Celery."""
+    try:
+        yield current_runtime()
+    except SoftTimeLimitExceeded:
+        replace_abandoned_runtime()
+        raise
 
 
 def stop_runtime() -> None:
