@@ -140,10 +140,9 @@ def test_status_stats_redrive_and_migrate_answer_with_meaningful_exit_codes(
     assert cli("migrate").returncode == 0
 
 
-def test_a_reader_that_leaves_early_ends_the_output_quietly_and_a_server_failure_still_fails() -> None:
+def test_a_reader_that_leaves_early_ends_the_output_quietly() -> None:
     """`tunix-ingest stats | head -1`: once the reader has gone, the command's writes fail with EPIPE. That is
-    the end of its output, not a database failure: no message, no traceback, exit 1 (click's EPIPE handling).
-    A server that is down is still named."""
+    the end of its output, not a database failure: no message, no traceback, exit 1 (click's EPIPE handling)."""
     reader, writer = os.pipe()
     os.close(reader)  # the reader left before the first line
     try:
@@ -152,10 +151,8 @@ def test_a_reader_that_leaves_early_ends_the_output_quietly_and_a_server_failure
         )
     finally:
         os.close(writer)
-    unreachable = cli("stats", env={"DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none"})
 
     assert (done.returncode, done.stderr) == (1, "")
-    assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: database unreachable or failing")
 
 
 def _processes_under(path: Path) -> list[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,11 +18,14 @@ from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from services.errors import BatchConflict, BatchRejected, PublishFailed, QueueFull, TraceError
+from worker.cli.common import ExpectedFailure, expected_failures
 from worker.client.jsonl import read_jsonl
 from worker.edge.app import celery_config
 from worker.edge.retry import decide, is_transient
 from worker.localstack.processes import worker_command
 from worker.settings import Settings, environment, get_settings, redact
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -82,13 +89,14 @@ def test_celery_is_configured_json_only_with_late_acks() -> None:
     assert {queue.name for queue in config["task_queues"]} == {"ingest", "reprocess"}  # a plain worker takes both
 
 
-def test_local_workers_consume_the_configured_ingest_queue() -> None:
-    """`tunix-ingest run` and the bench start workers on the queue producers use, whatever INGEST_QUEUE says."""
+def test_workers_started_without_queues_consume_the_configured_ingest_queue() -> None:
+    """The Procfile, compose and the local stack name no queue: a worker takes what the app declares, so the
+    ingest queue follows INGEST_QUEUE as producers' routing does."""
     with environment(INGEST_QUEUE="ingest-blue"):
-        command = worker_command("local")
-        routed = celery_config(get_settings())["task_routes"]
-    assert command[command.index("-Q") + 1] == "ingest-blue,reprocess"
-    assert next(iter(routed.values())) == {"queue": "ingest-blue"}
+        config = celery_config(get_settings())
+    assert {queue.name for queue in config["task_queues"]} == {"ingest-blue", "reprocess"}
+    assert next(iter(config["task_routes"].values())) == {"queue": "ingest-blue"}
+    assert "-Q" not in worker_command("local") and "--queues" not in (ROOT / "Procfile").read_text()
 
 
 def test_rediss_urls_get_certificate_verification() -> None:
@@ -163,3 +171,26 @@ def test_error_messages_name_the_problem() -> None:
     assert "different traces" in str(BatchConflict("b1"))
     many = BatchRejected([TraceError(i, "prompt", "bad") for i in range(12)])
     assert "12 problem(s)" in str(many) and "(and 2 more)" in str(many)
+
+
+def _failing_with(error: BaseException) -> Callable[[], None]:
+    @expected_failures
+    def command() -> None:
+        raise error
+
+    return command
+
+
+def test_a_broken_pipe_is_a_server_failure_unless_stdout_lost_its_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = BrokenPipeError(32, "Broken pipe")
+    reader, writer = os.pipe()
+    with os.fdopen(writer, "w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        with pytest.raises(ExpectedFailure, match="database unreachable or failing: BrokenPipeError"):
+            _failing_with(broken)()  # stdout's reader is still there: a connection broke
+        os.close(reader)
+        with pytest.raises(BrokenPipeError):  # the reader left: the end of the output, which click ends quietly
+            _failing_with(broken)()
+        monkeypatch.setattr(sys, "stdout", None)  # started with no stdout at all
+        with pytest.raises(ExpectedFailure):
+            _failing_with(broken)()

@@ -18,7 +18,7 @@ from redis import Redis
 from worker.client.enqueue import enqueue_batch
 from worker.edge.app import app
 from worker.keys import REPROCESS_QUEUE
-from worker.localstack.processes import ChildProcess, worker_process, worker_queues
+from worker.localstack.processes import ChildProcess, worker_process
 from worker.redis_connect import connect
 from worker.settings import get_settings
 
@@ -30,7 +30,7 @@ def start_workers(log_dir: Path, processes: int, pool: str, *, draining: bool = 
     """`processes` pool processes: one prefork node with that many children, or that many solo nodes. Not
     `draining`: they consume no ingest message until `start_draining`, so that what they have used until then
     can be read first."""
-    queues = worker_queues() if draining else IDLE_QUEUE
+    queues = None if draining else IDLE_QUEUE
     if pool == "prefork":
         nodes = [worker_process("bench", log_dir, concurrency=processes, queues=queues)]
     else:

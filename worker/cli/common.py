@@ -51,7 +51,7 @@ def stdout_reader_gone() -> bool:
     poller = select.poll()
     try:
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-    except (OSError, ValueError):  # no file descriptor (a test runner's capture) or a closed one
+    except (AttributeError, OSError, ValueError):  # no stdout at all, no descriptor (a test's capture), a closed one
         return False
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 

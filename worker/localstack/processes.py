@@ -10,9 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from worker.keys import REPROCESS_QUEUE
-from worker.settings import get_settings
-
 
 class ChildProcess:
     """A long-running command with its output in `log_path`."""
@@ -75,14 +72,10 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *arguments]
 
 
-def worker_queues() -> str:
-    """What every worker started here consumes: the ingest queue as configured (`INGEST_QUEUE`, where producers
-    put batches) and the scheduled jobs'."""
-    return f"{get_settings().ingest_queue},{REPROCESS_QUEUE}"
-
-
 def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork", queues: str | None = None) -> list[str]:
-    """`celery worker` for node `name@host` on `queues` (by default `worker_queues()`)."""
+    """`celery worker` for node `name@host` on `queues`; by default on every queue the app declares (the ingest
+    queue as `INGEST_QUEUE` names it, and the scheduled jobs'), as a plain `celery -A worker worker` is."""
+    chosen = ["-Q", queues] if queues else []
     return celery_command(
         "worker",
         "-P",
@@ -91,8 +84,7 @@ def worker_command(name: str, *, concurrency: int = 2, pool: str = "prefork", qu
         str(concurrency),
         "-n",
         f"{name}@%h",
-        "-Q",
-        queues or worker_queues(),
+        *chosen,
         "--without-gossip",
         "--without-mingle",
         "--loglevel",
