@@ -15,10 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.db import query, scalar
 from tests.polling import wait_for
+from worker.edge import scheduled_jobs
 from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime, stop_runtime
-from worker.edge.scheduled_jobs import sweep_unpublished
 
 _STATES = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
+# The task is reached through its module: a task object in a test module's namespace is evaluated by pytest's
+# collection, which finalizes the Celery app before the session's fixtures point it at the test servers.
 
 
 def test_an_abandoned_runtime_is_replaced_and_its_open_transaction_ended(database_url: str) -> None:
@@ -91,13 +93,13 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
         wait_for(lambda: scalar(database_url, held) == 1, what="the lock to be held")
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(SoftTimeLimitExceeded):
-            sweep_unpublished()
+            scheduled_jobs.sweep_unpublished()
         signal.setitimer(signal.ITIMER_REAL, 0)
         holder.wait(30)
 
         assert current_runtime() is not cut
         wait_for(lambda: query(database_url, _STATES, name=cut.application_name) == [], what="its session to end")
-        assert sweep_unpublished() == 0  # the next job runs on the new runtime
+        assert scheduled_jobs.sweep_unpublished() == 0  # the next job runs on the new runtime
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
