@@ -7,8 +7,6 @@ import logging
 import time
 from typing import Any, NamedTuple
 
-from celery.exceptions import SoftTimeLimitExceeded
-
 from models.messages import IngestResult
 from models.tables import BatchState
 from services.delivery import body_missing, ingest_message, is_claim_check, park_failed_message, park_unread
@@ -16,7 +14,7 @@ from worker import keys
 from worker.custody import records as custody
 from worker.edge import progress
 from worker.edge.retry import decide, is_transient
-from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime
+from worker.edge.runtime import Runtime, current_runtime
 from worker.keys import delivery_counter_key
 from worker.settings import redact
 
@@ -138,8 +136,7 @@ def handle(message: dict[str, Any], *, retries: int) -> dict[str, Any] | RetryIn
     try:
         return runtime.run(_deliver(runtime, message)).model_dump(mode="json")
     except Exception as error:  # the edge decides: retry, or park so that acking never loses the batch
-        if isinstance(error, SoftTimeLimitExceeded):
-            runtime = replace_abandoned_runtime()
+        runtime = current_runtime()  # a fresh one if the soft time limit abandoned the last (Runtime.run)
         deliveries = _deliveries_so_far(runtime, message, fallback=retries + 1)
         decision = decide(error, deliveries=deliveries, settings=runtime.settings)
         if decision.retry_in is not None:

@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -60,6 +60,9 @@ class Runtime:
         #: Names this runtime's connections in pg_stat_activity, so an abandoned runtime's can be ended (its
         #: own only: the name is unique across hosts and runtimes).
         self.application_name = worker_application_name(self.pid, generation)
+        #: A task's soft time limit cut a `run` mid-flight: the loop still holds that half-run coroutine, which no
+        #: later task may resume, so `current_runtime()` hands out a replacement instead.
+        self.abandoned = False
         self.loop = asyncio.new_event_loop()
         self.engine: AsyncEngine = create_async_engine(
             settings.database_url.get_secret_value(),
@@ -98,7 +101,11 @@ class Runtime:
 
     def run(self, work: Awaitable[T]) -> T:
         """Run `work` to completion on this process's loop (never `asyncio.run`: the engine lives here)."""
-        return self.loop.run_until_complete(work)
+        try:
+            return self.loop.run_until_complete(work)
+        except SoftTimeLimitExceeded:
+            self.abandoned = True
+            raise
 
     async def end_connections_of(self, application_name: str) -> int:
         """Terminate the PostgreSQL sessions of an abandoned runtime (still idle in a transaction, holding the
@@ -138,8 +145,11 @@ _generation = 0
 
 
 def current_runtime() -> Runtime:
-    """This process's runtime, started on first use in a process that has none yet (solo pool, tests)."""
+    """This process's runtime, started on first use in a process that has none yet (solo pool, tests), and
+    replaced once a soft time limit has abandoned it (a delivery's or a scheduled job's alike)."""
     global _current, _generation
+    if _current is not None and _current.abandoned and _current.pid == os.getpid():
+        return replace_abandoned_runtime()
     if _current is None or _current.pid != os.getpid():
         keep_freed_memory_for_reuse()
         _generation += 1
@@ -160,18 +170,6 @@ def replace_abandoned_runtime() -> Runtime:
         except Exception as error:
             log.warning("could not end the abandoned runtime's sessions: %s", redact(str(error)))
     return runtime
-
-
-@contextlib.contextmanager
-def runtime_for_task() -> Iterator[Runtime]:
-    """This process's runtime for one task's work. When the task's soft time limit cuts it, the half-run
-    coroutine stays in the runtime's loop, and the next task must never resume it: the runtime is replaced
-    (`replace_abandoned_runtime`) before the limit propagates to Celery."""
-    try:
-        yield current_runtime()
-    except SoftTimeLimitExceeded:
-        replace_abandoned_runtime()
-        raise
 
 
 def stop_runtime() -> None:

@@ -23,7 +23,7 @@ from worker.custody import records as custody
 from worker.custody import recovery as custody_recovery
 from worker.edge.app import app
 from worker.edge.hand_over import resend_message_async, send_ingest_task
-from worker.edge.runtime import Runtime, runtime_for_task
+from worker.edge.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ async def _sweep(runtime: Runtime) -> int:
 @app.task(name=keys.SWEEP_TASK)
 def sweep_unpublished() -> int:
     """Publish batches that were committed but never announced (the outbox). Safe to run any time."""
-    with runtime_for_task() as runtime:
-        return runtime.run(_sweep(runtime))
+    runtime = current_runtime()
+    return runtime.run(_sweep(runtime))
 
 
 async def _resend_lost(runtime: Runtime) -> int:
@@ -69,8 +69,8 @@ async def _resend_lost(runtime: Runtime) -> int:
 @app.task(name=keys.RESEND_LOST_TASK)
 def resend_lost() -> int:
     """Send again the accepted batches whose message was lost between Redis and a worker (worker.custody)."""
-    with runtime_for_task() as runtime:
-        return runtime.run(_resend_lost(runtime))
+    runtime = current_runtime()
+    return runtime.run(_resend_lost(runtime))
 
 
 async def _redrive_failed(runtime: Runtime) -> int:
@@ -90,8 +90,8 @@ async def _redrive_failed(runtime: Runtime) -> int:
 @app.task(name=keys.REDRIVE_TASK)
 def redrive_failed() -> int:
     """Send `failed` batches back to the ingest queue, each at most `MAX_REDRIVES` times."""
-    with runtime_for_task() as runtime:
-        return runtime.run(_redrive_failed(runtime))
+    runtime = current_runtime()
+    return runtime.run(_redrive_failed(runtime))
 
 
 async def _refresh_chunk(runtime: Runtime, after_id: int) -> RefreshedChunk:
@@ -105,10 +105,10 @@ async def _refresh_chunk(runtime: Runtime, after_id: int) -> RefreshedChunk:
 def refresh_derived() -> bool:
     """Start a refresh of stale derived fields unless one is running: a chain of chunk tasks, one at a time, so
     the `reprocess` queue never holds more than one of them ahead of the sweep and the lost-batch re-send."""
-    with runtime_for_task() as runtime:
-        lock_s = runtime.settings.task_time_limit_s * 2
-        if not runtime.run(runtime.redis.set(keys.REFRESH_LOCK, "0", nx=True, ex=lock_s)):
-            return False
+    runtime = current_runtime()
+    lock_s = runtime.settings.task_time_limit_s * 2
+    if not runtime.run(runtime.redis.set(keys.REFRESH_LOCK, "0", nx=True, ex=lock_s)):
+        return False
     refresh_derived_chunk.delay(0)
     return True
 
@@ -116,12 +116,13 @@ def refresh_derived() -> bool:
 @app.task(name=keys.REFRESH_CHUNK_TASK)
 def refresh_derived_chunk(after_id: int) -> int:
     """Recompute one chunk of stale derived fields in one transaction, then hand the rest to the next task."""
-    with runtime_for_task() as runtime:
-        chunk = runtime.run(_refresh_chunk(runtime, int(after_id)))
-        if chunk.next_after_id is None:
-            runtime.run(runtime.redis.delete(keys.REFRESH_LOCK))
-            return chunk.refreshed
-        lock_s = runtime.settings.task_time_limit_s * 2
-        runtime.run(runtime.redis.set(keys.REFRESH_LOCK, str(chunk.next_after_id), ex=lock_s))
-    refresh_derived_chunk.delay(chunk.next_after_id)
+    runtime = current_runtime()
+    chunk = runtime.run(_refresh_chunk(runtime, int(after_id)))
+    if chunk.next_after_id is None:
+        runtime.run(runtime.redis.delete(keys.REFRESH_LOCK))
+    else:
+        runtime.run(
+            runtime.redis.set(keys.REFRESH_LOCK, str(chunk.next_after_id), ex=runtime.settings.task_time_limit_s * 2)
+        )
+        refresh_derived_chunk.delay(chunk.next_after_id)
     return chunk.refreshed
