@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import socket
@@ -79,27 +78,34 @@ def start_draining(nodes: list[ChildProcess]) -> float:
         redis.close()
 
 
+def threads(pid: int) -> list[int]:
+    """The thread ids of `pid` while it lives (none once it has gone)."""
+    try:
+        return [int(thread) for thread in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
+
+
+def _thread_file(pid: int, thread: int, name: str) -> str:
+    """/proc/PID/task/TID/NAME, or "" if the thread has gone."""
+    try:
+        return Path(f"/proc/{pid}/task/{thread}/{name}").read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def children(pids: list[int]) -> list[int]:
     """The live children of `pids` (one level: a prefork node's pool processes, a postmaster's backends), as
     each of their threads forked them (/proc/PID/task/TID/children)."""
-    found: list[int] = []
-    for pid in pids:
-        with contextlib.suppress(FileNotFoundError):
-            for thread in os.listdir(f"/proc/{pid}/task"):
-                with contextlib.suppress(FileNotFoundError):
-                    found += map(int, Path(f"/proc/{pid}/task/{thread}/children").read_text().split())
-    return found
+    return [
+        int(child) for pid in pids for thread in threads(pid) for child in _thread_file(pid, thread, "children").split()
+    ]
 
 
 def _on_cpu_ns(pid: int) -> int:
     """Nanoseconds every thread of `pid` has run so far: the scheduler's own count (/proc/PID/task/TID/schedstat),
     where /proc/PID/stat counts in clock ticks of 10 ms, too coarse for a drain of a few thousand traces."""
-    total = 0
-    with contextlib.suppress(FileNotFoundError):
-        for thread in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(FileNotFoundError):
-                total += int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[0])
-    return total
+    return sum(int(stat.split()[0]) for thread in threads(pid) if (stat := _thread_file(pid, thread, "schedstat")))
 
 
 def cpu_seconds(pids: list[int], *, with_children: bool = True) -> float:

@@ -20,6 +20,7 @@ from worker.bench.drain import (
     enqueue_rate,
     published_batches,
     start_draining,
+    threads,
     wait_until_published,
 )
 from worker.localstack.processes import ChildProcess, worker_command
@@ -30,10 +31,9 @@ def pin(pid: int, cores: set[int]) -> None:
     """Every thread of `pid` and of its children (one level: a postmaster's processes) onto `cores`; what they
     fork later inherits it."""
     for process in (pid, *children([pid])):
-        with contextlib.suppress(FileNotFoundError):
-            for thread in os.listdir(f"/proc/{process}/task"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.sched_setaffinity(int(thread), cores)
+        for thread in threads(process):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(thread, cores)
 
 
 @contextlib.contextmanager
