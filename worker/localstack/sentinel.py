@@ -4,14 +4,13 @@ three Sentinels, for the failover test and `tunix-ingest bench --redis sentinel`
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from redis import Redis
 
-from worker.localstack.servers import LOOPBACK, RedisServer, free_port
+from worker.localstack.servers import LOOPBACK, RedisServer, free_port, redis_answers_as
 
 
 class SentinelServer:
@@ -59,13 +58,11 @@ class SentinelServer:
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((LOOPBACK, self.port), timeout=1) as connection:
-                    connection.sendall(b"PING\r\n")
-                    if b"PONG" in connection.recv(256):
-                        return
-            except OSError:
-                time.sleep(0.02)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis sentinel exited with {self.process.returncode}; see {self.directory}")
+            if redis_answers_as(self.process.pid, self.port):
+                return
+            time.sleep(0.02)
         raise RuntimeError(f"redis sentinel did not answer on port {self.port}; see {self.directory}")
 
     def remove(self) -> None:

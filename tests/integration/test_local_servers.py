@@ -1,0 +1,56 @@
+"""The throwaway servers the tests, `tunix-ingest run` and the bench start: a server that could not have its port
+fails to start loudly, and ports handed out before their servers start are never handed out twice."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from worker.localstack.sentinel import SentinelServer
+from worker.localstack.servers import LOOPBACK, RedisServer, free_port
+
+
+@pytest.fixture
+def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "first", appendonly=False)
+    server.start()
+    yield server
+    server.remove()
+
+
+def test_free_ports_are_never_handed_out_twice_and_lie_below_the_ephemeral_range() -> None:
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(300)]  # nothing binds them, as in a Sentinel stack before it starts
+
+    assert len(set(ports)) == len(ports)
+    assert all(port < ephemeral_start for port in ports)
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, ports[-1]))
+
+
+def test_a_redis_whose_port_another_redis_holds_fails_to_start(running_redis: RedisServer, tmp_path: Path) -> None:
+    second = RedisServer(tmp_path / "second", port=running_redis.port, appendonly=False)
+
+    with pytest.raises(RuntimeError, match=f"redis-server .* port {running_redis.port}|redis-server exited"):
+        second.start()
+    second.remove()
+    with Redis(host=LOOPBACK, port=running_redis.port) as client:
+        assert client.info("server")["process_id"] == running_redis.pid()
+
+
+def test_a_sentinel_whose_port_a_plain_redis_holds_fails_to_start(running_redis: RedisServer, tmp_path: Path) -> None:
+    """What made a failover test's set-up fail later with "unknown command 'SENTINEL'": the Sentinel could not bind,
+    and the plain Redis on its port answered the readiness PING."""
+    sentinel = SentinelServer(tmp_path / "sentinel", running_redis.port)
+    squatter = RedisServer(tmp_path / "squatter", port=sentinel.port, appendonly=False)
+    squatter.start()
+    try:
+        with pytest.raises(RuntimeError, match="redis sentinel"):
+            sentinel.start()
+    finally:
+        sentinel.remove()
+        squatter.remove()
