@@ -50,6 +50,15 @@ class WorkerProcess(ChildProcess):
             self.kill()
             return None
 
+    def freeze(self) -> None:
+        """SIGSTOP to the worker and all its children: nothing of theirs runs until `thaw` (or `kill`)."""
+        assert self.process is not None and self.process.poll() is None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL to the worker and all its children, as a host crash would."""
         if self.process is not None and self.process.poll() is None:
