@@ -9,12 +9,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 import worker.edge.runtime
 from tests.db import query
 from tests.polling import wait_for
+from tests.runtimes import end_held_transaction, hold_a_transaction_open
 from worker import app
 from worker.edge.heartbeat import current_worker_id
 from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime, stop_runtime
@@ -39,24 +38,12 @@ def other_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
     other.close()
 
 
-def _hold_a_transaction_open(runtime: Runtime) -> AsyncSession:
-    """Leave one of `runtime`'s sessions idle in a transaction, as an interrupted task leaves it."""
-    opened = runtime.session()  # entered and never left, as by a task cut off mid-way
-
-    async def begin() -> AsyncSession:
-        session = await opened.__aenter__()
-        await session.execute(text("SELECT 1"))
-        return session
-
-    return runtime.run(begin())
-
-
 def test_ending_an_abandoned_runtime_leaves_a_same_pid_session_of_another_host_alone(
     database_url: str, other_host: Runtime
 ) -> None:
     abandoned = current_runtime()
-    stuck_here = _hold_a_transaction_open(abandoned)
-    busy_elsewhere = _hold_a_transaction_open(other_host)
+    half_run = hold_a_transaction_open(abandoned)
+    busy_elsewhere = hold_a_transaction_open(other_host)
 
     replacement = replace_abandoned_runtime()
     try:
@@ -65,11 +52,10 @@ def test_ending_an_abandoned_runtime_leaves_a_same_pid_session_of_another_host_a
         assert [row.state for row in query(database_url, _STATES, name=other_host.application_name)] == [
             "idle in transaction"
         ]
-    finally:  # what the abandoned process would never do: tidy up for the test run
-        abandoned.run(stuck_here.invalidate())
-        other_host.run(busy_elsewhere.invalidate())
-        abandoned.close()
+    finally:
+        end_held_transaction(other_host, busy_elsewhere)
         stop_runtime()
+    assert abandoned.loop.is_closed() and half_run.done()
 
 
 def test_a_worker_started_from_code_writes_its_heartbeat(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,12 +11,12 @@ from types import FrameType
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.db import query, scalar
 from tests.polling import wait_for
+from tests.runtimes import hold_a_transaction_open
 from worker.edge import scheduled_jobs
-from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime, stop_runtime
+from worker.edge.runtime import current_runtime, replace_abandoned_runtime, stop_runtime
 
 _STATES = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
 # The task is reached through its module: a task object in a test module's namespace is evaluated by pytest's
@@ -26,25 +26,16 @@ _STATES = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
 def test_an_abandoned_runtime_is_replaced_and_its_open_transaction_ended(database_url: str) -> None:
     first = current_runtime()
     assert current_runtime() is first
-    opened = first.session()
-
-    async def begin_and_hang() -> AsyncSession:  # as a task interrupted by its soft time limit leaves it
-        session = await opened.__aenter__()
-        await session.execute(text("SELECT 1"))
-        return session
-
-    stuck = first.run(begin_and_hang())
-    states = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
-    assert [row.state for row in query(database_url, states, name=first.application_name)] == ["idle in transaction"]
+    half_run = hold_a_transaction_open(first)
+    assert [row.state for row in query(database_url, _STATES, name=first.application_name)] == ["idle in transaction"]
 
     second = replace_abandoned_runtime()
     try:
         assert second is not first and second.loop is not first.loop
         assert second.application_name != first.application_name
-        assert query(database_url, states, name=first.application_name) == []
+        assert query(database_url, _STATES, name=first.application_name) == []
+        assert first.loop.is_closed() and half_run.done()  # freed; the half-run task was cancelled, never resumed
     finally:
-        first.run(stuck.invalidate())  # what the abandoned process would never do: tidy up for the test run
-        first.close()
         stop_runtime()
     assert second.loop.is_closed()
 
@@ -69,15 +60,6 @@ def _soft_time_limit(signum: int, frame: FrameType | None) -> None:
     raise SoftTimeLimitExceeded()  # what Celery's pool does in the task's process when the soft limit passes
 
 
-def _tidy_up(abandoned: Runtime) -> None:
-    """What the abandoned process never does: end the half-run work its loop holds, and close it."""
-    pending = asyncio.all_tasks(abandoned.loop)
-    for task in pending:
-        task.cancel()
-    abandoned.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    abandoned.close()
-
-
 def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_no_later_task(
     database_url: str,
 ) -> None:
@@ -95,16 +77,16 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
         with pytest.raises(SoftTimeLimitExceeded):
             scheduled_jobs.sweep_unpublished()
         signal.setitimer(signal.ITIMER_REAL, 0)
+        half_run = asyncio.all_tasks(cut.loop)
         holder.wait(30)
 
-        assert current_runtime() is not cut
+        assert half_run and current_runtime() is not cut
         wait_for(lambda: query(database_url, _STATES, name=cut.application_name) == [], what="its session to end")
+        assert cut.loop.is_closed() and all(task.done() for task in half_run)  # freed: cancelled, never resumed
         assert scheduled_jobs.sweep_unpublished() == 0  # the next job runs on the new runtime
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         holder.kill()
         holder.wait(30)
-        if current_runtime() is not cut:
-            _tidy_up(cut)
         stop_runtime()

@@ -121,6 +121,28 @@ class Runtime:
         await self.engine.dispose()
         await self.redis.aclose()
 
+    def discard(self, timeout_s: float = 5.0) -> None:
+        """Free an abandoned runtime's loop, engine and Redis client. The half-run coroutines its loop holds are
+        cancelled, so only their cleanup runs (`async with` exits, no `except Exception` handler); their
+        PostgreSQL sessions were ended first, so nothing of theirs can still commit."""
+        if self.pid != os.getpid() or self.loop.is_closed():
+            return
+
+        half_run = asyncio.all_tasks(self.loop)  # taken before anything of ours runs on the loop
+        for task in half_run:
+            task.cancel()
+
+        async def finish_then_close() -> None:
+            await asyncio.gather(*half_run, return_exceptions=True)
+            await self._close()
+
+        try:
+            self.loop.run_until_complete(asyncio.wait_for(finish_then_close(), timeout_s))
+        except Exception as error:  # what could not be closed in time is left to the garbage collector
+            log.warning("could not close the abandoned runtime: %s", redact(repr(error)))
+        finally:
+            self.loop.close()
+
     def close(self) -> None:
         if self.pid == os.getpid() and not self.loop.is_closed():
             self.loop.run_until_complete(self._close())
@@ -159,8 +181,8 @@ def current_runtime() -> Runtime:
 
 def replace_abandoned_runtime() -> Runtime:
     """After a soft time limit interrupted a coroutine mid-flight, its loop still holds that half-run task,
-    which must never be resumed by the next batch: start a fresh loop and engine, and end the abandoned
-    runtime's PostgreSQL sessions (best effort: their idle-in-transaction timeout ends them anyway)."""
+    which must never be resumed by the next batch: start a fresh loop and engine, end the abandoned runtime's
+    PostgreSQL sessions (best effort: their idle-in-transaction timeout ends them anyway), then free it."""
     global _current
     abandoned, _current = _current, None
     runtime = current_runtime()
@@ -169,6 +191,7 @@ def replace_abandoned_runtime() -> Runtime:
             runtime.run(runtime.end_connections_of(abandoned.application_name))
         except Exception as error:
             log.warning("could not end the abandoned runtime's sessions: %s", redact(str(error)))
+        abandoned.discard()
     return runtime
 
 
