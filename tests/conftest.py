@@ -21,10 +21,23 @@ import worker.edge.scheduled_jobs
 import worker.edge.tasks  # noqa: F401
 from tests.db import query
 from worker.cli.migrate import upgrade_to_head
+from worker.edge.app import app
 from worker.localstack.servers import PostgresServer, RedisServer
 from worker.settings import environment
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop before any test runs if collecting configured the Celery app: its settings were read then, before the
+    session's fixtures point them at the test servers, so it would talk to the default Redis. The usual cause is a
+    task object in a test module's namespace (pytest's collection looks at its attributes): reach the task
+    through its module instead."""
+    if app.configured:
+        raise pytest.UsageError(
+            "the Celery app was configured while the tests were collected, before the session's servers were set; "
+            "import task modules, not task objects, into test modules"
+        )
 
 
 @contextmanager
