@@ -175,7 +175,7 @@ def measure_growth(
     padding: int,
 ) -> dict[str, Any]:
     """At each level: fill `trace` to it, then drain `trace_count` traces `rounds` times; the median of each
-    figure. The first level must be 0 or below what the first drain stores (the fill copies a drained batch)."""
+    figure. The first level must be 0: the fill copies a batch the first drain stored."""
     dsn = postgres.url.replace("+asyncpg", "")
     figures: dict[str, Any] = {"levels": [], "traces": trace_count, "batch_size": batch_size, "rounds": rounds}
     seed = 100

@@ -30,6 +30,8 @@ def _levels(_context: click.Context, _parameter: click.Parameter, value: str | N
         raise click.BadParameter(f"{value!r} is not a comma-separated list of row counts") from None
     if any(level < 0 for level in levels) or list(levels) != sorted(levels):
         raise click.BadParameter("row counts must be 0 or more, in increasing order")
+    if levels[0] != 0:  # the fill copies a batch the first drain stored
+        raise click.BadParameter(f"start at 0, the empty table the other levels are compared with: 0,{value}")
     return levels
 
 
@@ -68,7 +70,8 @@ def _levels(_context: click.Context, _parameter: click.Parameter, value: str | N
     default=None,
     metavar="ROWS,ROWS,...",
     help="Instead of the figures above: the drain rate and PostgreSQL's CPU per trace with this many traces "
-    f"already stored (bare --growth takes {','.join(map(str, DEFAULT_LEVELS))}), and disk per million traces.",
+    f"already stored, starting at 0 (bare --growth takes {','.join(map(str, DEFAULT_LEVELS))}), and disk per "
+    "million traces.",
 )
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Drains per --growth level.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
