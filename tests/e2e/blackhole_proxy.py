@@ -13,7 +13,7 @@ import contextlib
 import threading
 from typing import Any, cast
 
-from worker.localstack.servers import LOOPBACK
+from worker.localstack.ports import LOOPBACK
 
 
 class BlackholeProxy:

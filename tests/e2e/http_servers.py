@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from worker.localstack.ports import free_port
 from worker.localstack.processes import ChildProcess, api_process
-from worker.localstack.servers import free_port
 
 #: The test servers answer anonymous calls from loopback (tests that need tokens set INGEST_API_TOKENS).
 ANONYMOUS_ON_LOOPBACK = {"INGEST_API_ALLOW_ANONYMOUS": "1"}

@@ -21,8 +21,8 @@ from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWor
 from tests.polling import wait_for
 from worker import enqueue_batch
 from worker.custody import records as custody
+from worker.localstack.ports import free_port
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port
 
 #: Custody's lost-batch re-send after 10 + 10 + 4 = 24 s instead of 7 minutes.
 QUICK = {**FAST_RECOVERY, "VISIBILITY_TIMEOUT_S": "10", "TASK_SOFT_TIME_LIMIT_S": "3", "TASK_TIME_LIMIT_S": "4"}

@@ -26,7 +26,7 @@ from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from worker.http_api import create_app
 from worker.http_api.traces import IDEMPOTENCY_NAMESPACE
-from worker.localstack.servers import free_port
+from worker.localstack.ports import free_port
 from worker.settings import environment
 
 

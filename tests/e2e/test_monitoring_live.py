@@ -31,9 +31,9 @@ from tests.monitoring_files import (
 )
 from tests.polling import wait_for
 from worker import app, enqueue_batch
+from worker.localstack.ports import free_port
 from worker.localstack.processes import ChildProcess, celery_command, cli_command
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 #: Grafana's $__rate_interval for a 1 s scrape: several samples per window.

@@ -28,9 +28,9 @@ from tests.e2e.conftest import StartBeat, StartWorker
 from tests.e2e.workers import WorkerProcess
 from tests.polling import wait_for
 from worker import app, enqueue_batch
+from worker.localstack.ports import free_port
 from worker.localstack.processes import ChildProcess, celery_command, cli_command
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,8 +24,9 @@ from tests.polling import wait_for
 from tests.streams import events_by_batch, stream_events
 from worker import app, enqueue_batch
 from worker.edge.wire import task_kwargs_of
+from worker.localstack.ports import free_port
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import RedisServer, free_port
+from worker.localstack.servers import RedisServer
 
 
 def raw_message(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> dict[str, Any]:

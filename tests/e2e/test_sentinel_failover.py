@@ -23,10 +23,10 @@ from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWor
 from tests.e2e.http_servers import ApiServer
 from tests.e2e.test_operations import http_get
 from tests.polling import wait_for
+from worker.localstack.ports import free_port
 from worker.localstack.processes import ChildProcess, celery_command
 from worker.localstack.sample_traces import generate_traces
 from worker.localstack.sentinel import SentinelStack
-from worker.localstack.servers import free_port
 
 #: Batches the producer acknowledges in all; the master dies once a third of them are acknowledged.
 BATCHES = 240

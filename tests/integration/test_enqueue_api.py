@@ -16,8 +16,8 @@ from worker import enqueue_batch, enqueue_batch_async, keys
 from worker.client.enqueue import queue_depth
 from worker.custody import records as custody
 from worker.edge.wire import task_kwargs_of
+from worker.localstack.ports import free_port
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port
 from worker.settings import get_settings
 
 

@@ -25,8 +25,8 @@ from services.validation import BatchIn, validate_body, validate_traces
 from tests.db import as_received
 from tests.streams import STREAM, stream_events
 from worker.edge.publisher import RedisStreamPublisher
+from worker.localstack.ports import free_port
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port
 
 
 def make_batch(traces: list[dict[str, Any]], batch_id: uuid.UUID | None = None) -> BatchIn:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from worker.localstack.ports import LOOPBACK, ephemeral_range, free_port, port_range
 from worker.localstack.sentinel import SentinelServer
-from worker.localstack.servers import LOOPBACK, RedisServer, free_port
+from worker.localstack.servers import RedisServer
 
 
 @pytest.fixture
@@ -22,20 +23,36 @@ def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.remove()
 
 
-def test_free_ports_are_never_handed_out_twice_and_lie_below_the_ephemeral_range() -> None:
-    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+def test_free_ports_are_never_handed_out_twice_and_lie_outside_the_ephemeral_range() -> None:
+    low, high = ephemeral_range()
     ports = [free_port() for _ in range(300)]  # nothing binds them, as in a Sentinel stack before it starts
 
     assert len(set(ports)) == len(ports)
-    assert all(port < ephemeral_start for port in ports)
+    assert not any(low <= port <= high for port in ports)
     with socket.socket() as probe:
         probe.bind((LOOPBACK, ports[-1]))
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "drawn_from"),
+    [
+        ((32_768, 60_999), range(16_384, 32_768)),  # Linux's default: the wider gap is below
+        ((1_024, 40_000), range(40_001, 65_536)),  # no room below
+        ((10_000, 65_000), range(5_000, 10_000)),
+        ((1_024, 65_000), range(1_024, 65_001)),  # no gap 1,000 wide: the ephemeral range itself
+    ],
+)
+def test_ports_are_drawn_beside_the_ephemeral_range_where_there_is_room(
+    ephemeral: tuple[int, int], drawn_from: range
+) -> None:
+    assert port_range(ephemeral) == drawn_from
 
 
 def test_a_redis_whose_port_another_redis_holds_fails_to_start(running_redis: RedisServer, tmp_path: Path) -> None:
     second = RedisServer(tmp_path / "second", port=running_redis.port, appendonly=False)
 
-    with pytest.raises(RuntimeError, match=f"redis-server .* port {running_redis.port}|redis-server exited"):
+    refused = f"redis-server exited|port {running_redis.port} .* process {running_redis.pid()} answers there"
+    with pytest.raises(RuntimeError, match=refused):
         second.start()
     second.remove()
     with Redis(host=LOOPBACK, port=running_redis.port) as client:

@@ -34,8 +34,8 @@ from services.reprocess import (
 from services.validation import BatchIn, validate_traces
 from tests.streams import STREAM, stream_events
 from worker.edge.publisher import RedisStreamPublisher
+from worker.localstack.ports import free_port
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port
 
 LIMITS = Limits(max_batch=1000, max_bytes=8 * 1024 * 1024, max_deliveries=5)
 

@@ -19,8 +19,8 @@ from tests.polling import wait_for
 from worker import app, enqueue_batch, keys
 from worker.edge.runtime import stop_runtime
 from worker.keys import delivery_counter_key
+from worker.localstack.ports import free_port
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port
 from worker.settings import environment, get_settings
 
 

@@ -35,10 +35,11 @@ from worker.bench.follow_rates import follow_rate, select_ceiling
 from worker.bench.http_enqueue import HTTP_CLIENTS, WAIT_WARMUP, http_enqueue_rate, wait_latency_ms
 from worker.bench.pinned import pinned_drain
 from worker.client.consumer import FOLLOW_CONSUMERS as FOLLOW_PARALLEL
+from worker.localstack.ports import free_port
 from worker.localstack.processes import api_process
 from worker.localstack.sample_traces import generate_traces
 from worker.localstack.sentinel import SentinelStack
-from worker.localstack.servers import PostgresServer, RedisServer, free_port
+from worker.localstack.servers import PostgresServer, RedisServer
 from worker.redis_connect import connect
 from worker.settings import get_settings
 

@@ -17,9 +17,10 @@ from worker.cli.common import ExpectedFailure
 from worker.cli.migrate import upgrade_to_head
 from worker.client.enqueue import wait_for_outcomes
 from worker.client.jsonl import JsonlLine, enqueue_jsonl, read_jsonl
+from worker.localstack.ports import free_port
 from worker.localstack.processes import api_process, beat_process, flower_process, worker_process
 from worker.localstack.sample_traces import generate_traces
-from worker.localstack.servers import free_port, local_servers
+from worker.localstack.servers import local_servers
 from worker.monitoring.store_figures import collect_stats
 from worker.settings import redact
 

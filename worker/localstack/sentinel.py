@@ -10,7 +10,8 @@ from pathlib import Path
 
 from redis import Redis
 
-from worker.localstack.servers import LOOPBACK, RedisServer, free_port, redis_answers_as
+from worker.localstack.ports import LOOPBACK, free_port, redis_process_id
+from worker.localstack.servers import RedisServer
 
 
 class SentinelServer:
@@ -56,14 +57,16 @@ class SentinelServer:
         self.process = subprocess.Popen(
             ["redis-server", str(self.config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 15
+        deadline, answering = time.monotonic() + 15, None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis sentinel exited with {self.process.returncode}; see {self.directory}")
-            if redis_answers_as(self.process.pid, self.port):
+            answering = redis_process_id(self.port)
+            if answering == self.process.pid:
                 return
             time.sleep(0.02)
-        raise RuntimeError(f"redis sentinel did not answer on port {self.port}; see {self.directory}")
+        by = f" (process {answering} answers there)" if answering else ""
+        raise RuntimeError(f"redis sentinel did not answer on port {self.port}{by}; see {self.directory}")
 
     def remove(self) -> None:
         if self.process and self.process.poll() is None:

@@ -7,79 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from redis import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
-
+from worker.localstack.ports import LOOPBACK, free_port, redis_process_id
 from worker.settings import get_settings
 
 PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
-LOOPBACK = "127.0.0.1"
-
-
-#: Where free ports are drawn from when the kernel does not say where its ephemeral range starts.
-_LOWEST_PORT, _EPHEMERAL_START = 20_000, 32_768
-
-#: Ports this process has handed out. Their servers start later (a Sentinel stack picks six ports before starting
-#: any), so a port must not be handed out twice while nothing listens on it yet.
-_handed_out: set[int] = set()
-_port_choice = random.SystemRandom()
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return _EPHEMERAL_START
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing is bound to now and that this process has not handed out before.
-
-    It is drawn from below the kernel's ephemeral range: an outgoing connection's local port comes from that
-    range and could take the port between this choice and the server's bind."""
-    top = max(_ephemeral_start(), _LOWEST_PORT + 1_000)
-    while True:
-        port = _port_choice.randrange(_LOWEST_PORT, top)
-        if port in _handed_out:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-
-
-def redis_answers_as(pid: int, port: int, password: str | None = None) -> bool:
-    """True once the Redis (or Sentinel) on `port` has loaded its data and is the process `pid`: a server that
-    could not bind its port exits, and until then another server on that port would answer a bare PING."""
-    client = Redis(
-        host=LOOPBACK,
-        port=port,
-        password=password,
-        socket_timeout=1,
-        socket_connect_timeout=1,
-        retry=Retry(NoBackoff(), 0),
-    )
-    try:
-        client.ping()  # an error (LOADING) until the append-only file is read
-        return bool(client.info("server")["process_id"] == pid)
-    except (RedisError, OSError):
-        return False
-    finally:
-        client.close()
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -211,15 +149,17 @@ class RedisServer:
         self._wait_until_ready()
 
     def _wait_until_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
+        deadline, answering = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.directory}")
-            if redis_answers_as(self.process.pid, self.port, self.password):
+            answering = redis_process_id(self.port, self.password)
+            if answering == self.process.pid:
                 return
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+        by = f"; process {answering} answers there" if answering else ""
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s{by}")
 
     def pid(self) -> int:
         assert self.process is not None, "the server is not running"
