@@ -33,3 +33,13 @@ def end_held_transaction(runtime: Runtime, task: asyncio.Task[None]) -> None:
     """What only a test does to a runtime that is not abandoned: cancel the task holding its transaction."""
     task.cancel()
     runtime.run(asyncio.gather(task, return_exceptions=True))
+
+
+def ended_by_cancelling(task: asyncio.Task[None]) -> bool:
+    """The task was cancelled, or its cleanup after the cancel failed (a rollback on a connection already ended)."""
+    if not task.done():
+        return False
+    if task.cancelled():
+        return True
+    error = task.exception()
+    return error is not None and isinstance(error.__context__, asyncio.CancelledError)

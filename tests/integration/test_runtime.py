@@ -4,8 +4,10 @@ interrupted task, and the replaced one's sessions ended."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
+import time
 from types import FrameType
 
 import pytest
@@ -14,9 +16,10 @@ from sqlalchemy import text
 
 from tests.db import query, scalar
 from tests.polling import wait_for
-from tests.runtimes import hold_a_transaction_open
+from tests.runtimes import ended_by_cancelling, hold_a_transaction_open
 from worker.edge import scheduled_jobs
-from worker.edge.runtime import current_runtime, replace_abandoned_runtime, stop_runtime
+from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime, stop_runtime
+from worker.settings import get_settings
 
 _STATES = "SELECT state FROM pg_stat_activity WHERE application_name = :name"
 # The task is reached through its module: a task object in a test module's namespace is evaluated by pytest's
@@ -34,7 +37,7 @@ def test_an_abandoned_runtime_is_replaced_and_its_open_transaction_ended(databas
         assert second is not first and second.loop is not first.loop
         assert second.application_name != first.application_name
         assert query(database_url, _STATES, name=first.application_name) == []
-        assert first.loop.is_closed() and half_run.done()  # freed; the half-run task was cancelled, never resumed
+        assert first.loop.is_closed() and ended_by_cancelling(half_run)  # freed; its work did not go on
     finally:
         stop_runtime()
     assert second.loop.is_closed()
@@ -82,7 +85,7 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
 
         assert half_run and current_runtime() is not cut
         wait_for(lambda: query(database_url, _STATES, name=cut.application_name) == [], what="its session to end")
-        assert cut.loop.is_closed() and all(task.done() for task in half_run)  # freed: cancelled, never resumed
+        assert cut.loop.is_closed() and all(ended_by_cancelling(task) for task in half_run)
         assert scheduled_jobs.sweep_unpublished() == 0  # the next job runs on the new runtime
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -90,3 +93,29 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
         holder.kill()
         holder.wait(30)
         stop_runtime()
+
+
+def test_freeing_an_abandoned_runtime_ends_in_time_however_its_half_run_work_hangs() -> None:
+    runtime = Runtime(get_settings())
+    began = asyncio.Event()
+
+    async def cleanup_that_hangs() -> None:
+        """As a session's close on a connection that never answers: SQLAlchemy carries on through cancels."""
+        try:
+            began.set()
+            await asyncio.Event().wait()
+        finally:
+            while True:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+
+    async def start() -> asyncio.Task[None]:
+        task = asyncio.create_task(cleanup_that_hangs())
+        await began.wait()
+        return task
+
+    hanging = runtime.run(start())
+    started = time.monotonic()
+    runtime.discard(timeout_s=0.5)
+
+    assert time.monotonic() - started < 5 and runtime.loop.is_closed() and not hanging.done()

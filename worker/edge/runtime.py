@@ -123,22 +123,30 @@ class Runtime:
 
     def discard(self, timeout_s: float = 5.0) -> None:
         """Free an abandoned runtime's loop, engine and Redis client. The half-run coroutines its loop holds are
-        cancelled, so only their cleanup runs (`async with` exits, no `except Exception` handler); their
-        PostgreSQL sessions were ended first, so nothing of theirs can still commit."""
+        cancelled: their cleanup runs (`async with` exits, `finally` blocks), their work does not go on. Their
+        PostgreSQL sessions were ended first (best effort; a session still open is rolled back by that cleanup).
+        Each of the two waits ends after `timeout_s`, however a connection hangs; what is left then goes to the
+        garbage collector."""
         if self.pid != os.getpid() or self.loop.is_closed():
             return
-
         half_run = asyncio.all_tasks(self.loop)  # taken before anything of ours runs on the loop
         for task in half_run:
             task.cancel()
 
         async def finish_then_close() -> None:
-            await asyncio.gather(*half_run, return_exceptions=True)
-            await self._close()
+            # asyncio.wait, not wait_for: on its timeout wait_for cancels and then waits again, without a bound
+            if half_run and (await asyncio.wait(half_run, timeout=timeout_s))[1]:
+                raise TimeoutError(f"half-run work still ending after {timeout_s} s")
+            closing = asyncio.ensure_future(self._close())
+            if (await asyncio.wait([closing], timeout=timeout_s))[1]:
+                raise TimeoutError(f"engine and Redis client still closing after {timeout_s} s")
+            closing.result()
 
         try:
-            self.loop.run_until_complete(asyncio.wait_for(finish_then_close(), timeout_s))
-        except Exception as error:  # what could not be closed in time is left to the garbage collector
+            self.loop.run_until_complete(finish_then_close())
+        except SoftTimeLimitExceeded:  # the current task's own limit: not ours to swallow
+            raise
+        except Exception as error:
             log.warning("could not close the abandoned runtime: %s", redact(repr(error)))
         finally:
             self.loop.close()
