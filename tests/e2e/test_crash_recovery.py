@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from tests.db import published_batches, scalar
+from tests.db import published_batches, query, scalar
 from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWorker
 from tests.e2e.pipeline_state import describe_pipeline
 from tests.e2e.workers import WorkerProcess
@@ -76,15 +76,24 @@ def batches_held_by(redis_url: str, node: str) -> list[str]:
     return [orjson.loads(ticket)["batch_id"] for ticket in tickets if ticket]
 
 
-def frozen_holding_a_batch(worker: WorkerProcess, redis_url: str) -> list[str]:
-    """Freeze the worker and return the batches it holds; thaw it again if it holds none. Killing it while it is
-    frozen holding some makes it die mid-batch, wherever the drain's timing falls (between two batches, a node
-    can hold none for a moment)."""
+_STORED = "SELECT id::text FROM batch WHERE state = 'ingested' AND id::text = ANY(:ids)"
+
+
+def frozen_holding_a_batch(worker: WorkerProcess, redis_url: str, database_url: str) -> list[str]:
+    """Freeze the worker and return the batches it holds that PostgreSQL has not stored yet; thaw it again if it
+    holds none. Killing it while it is frozen holding some makes it die mid-batch, wherever the drain's timing
+    falls (between two batches a node can hold none, and a batch just committed is held until its release)."""
     worker.freeze()
-    held = batches_held_by(redis_url, worker.name)
-    if not held:
+    try:
+        held = batches_held_by(redis_url, worker.name)
+        stored = {row[0] for row in query(database_url, _STORED, ids=held)} if held else set()
+    except BaseException:
         worker.thaw()
-    return held
+        raise
+    unstored = [batch_id for batch_id in held if batch_id not in stored]
+    if not unstored:
+        worker.thaw()
+    return unstored
 
 
 def test_sigkill_of_pool_children_and_of_the_whole_worker_loses_and_duplicates_nothing(
@@ -102,7 +111,9 @@ def test_sigkill_of_pool_children_and_of_the_whole_worker_loses_and_duplicates_n
     for child in worker.child_pids():  # a pool child dies mid-batch: the main process redelivers at once
         os.kill(child, signal.SIGKILL)
     wait_for(lambda: published_batches(database_url) >= 10, timeout=60, what="the drain to go on")
-    held = wait_for(lambda: frozen_holding_a_batch(worker, redis_url), timeout=30, what="the victim to hold a batch")
+    held = wait_for(
+        lambda: frozen_holding_a_batch(worker, redis_url, database_url), timeout=30, what="the victim to hold a batch"
+    )
     worker.kill()  # the whole worker host dies, with the batches it had received
     killed_at = time.monotonic()
     stored_at_crash = published_batches(database_url)

@@ -44,6 +44,7 @@ class WorkerProcess(ChildProcess):
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         self.process.send_signal(signal.SIGTERM)
+        self.thaw()  # a frozen worker takes the SIGTERM once it runs again
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
