@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+import worker.cli.bench
 from worker.cli.bench import bench
 
 
@@ -17,7 +18,13 @@ from worker.cli.bench import bench
         ("0,1e6", "'0,1e6' is not a comma-separated list of row counts"),
     ],
 )
-def test_growth_levels_that_cannot_be_measured_are_usage_errors(levels: str, said: str) -> None:
+def test_growth_levels_that_cannot_be_measured_are_usage_errors(
+    levels: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_server(*_: object, **__: object) -> None:
+        raise AssertionError("the bench went on to start PostgreSQL")
+
+    monkeypatch.setattr(worker.cli.bench, "PostgresServer", no_server)
     refused = CliRunner().invoke(bench, ["--growth", levels])
 
     assert refused.exit_code == 2
