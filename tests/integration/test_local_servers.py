@@ -3,6 +3,9 @@ fails to start loudly, and ports handed out before their servers start are never
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,9 +13,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from tests.polling import wait_for
 from worker.localstack.ports import LOOPBACK, ephemeral_range, free_port, port_range
 from worker.localstack.sentinel import SentinelServer
-from worker.localstack.servers import RedisServer
+from worker.localstack.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture
@@ -71,3 +75,19 @@ def test_a_sentinel_whose_port_a_plain_redis_holds_fails_to_start(running_redis:
     finally:
         sentinel.remove()
         squatter.remove()
+
+
+def test_a_postgresql_that_does_not_stop_says_so(tmp_path: Path) -> None:
+    """A stop that fails is an error, not a server left running unseen after the tests."""
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    real_pid = server.pid()
+    try:
+        (server.data / "postmaster.pid").write_text("999999999\n")  # pg_ctl now signals no such process
+
+        with pytest.raises(RuntimeError, match="PostgreSQL did not stop"):
+            server.stop()
+    finally:
+        os.kill(real_pid, signal.SIGTERM)  # a "smart" shutdown, done by hand
+        wait_for(lambda: not Path(f"/proc/{real_pid}").exists(), what="PostgreSQL to stop")
+        shutil.rmtree(server.directory, ignore_errors=True)

@@ -91,7 +91,10 @@ class PostgresServer:
         return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self, mode: str = "fast") -> None:
-        self._pg_ctl("-m", mode, "-w", "stop")
+        stopped = self._pg_ctl("-m", mode, "-w", "stop")
+        if stopped.returncode != 0 and (self.data / "postmaster.pid").exists():  # not merely stopped already
+            said = stopped.stderr.decode(errors="replace").strip()
+            raise RuntimeError(f"PostgreSQL did not stop: {said}; see {self.directory}")
 
     def remove(self) -> None:
         self.stop()
