@@ -60,11 +60,27 @@ def held_api(service_environment: None, tmp_path_factory: pytest.TempPathFactory
     server.stop()
 
 
+#: The module's worker once a test started it; it outlives the test, and so may what a test left it to do.
+_module_workers: list[WorkerProcess] = []
+
+
 @pytest.fixture(scope="module")
 def ingest_worker(service_environment: None) -> Iterator[WorkerProcess]:
     worker = WorkerProcess("http").start()
+    _module_workers.append(worker)
     yield worker
+    _module_workers.remove(worker)
     worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_to_land(redis_url: str) -> Iterator[None]:
+    """After each test, the module's worker (if running) has finished every batch the test left queued (202 and
+    not waited for): one landing after the next test emptied the tables would be counted by that test."""
+    yield
+    if _module_workers:
+        client = redis.Redis.from_url(redis_url)
+        wait_for(lambda: client.llen("ingest") == 0 and client.hlen("unacked") == 0, what="the queued batches done")
 
 
 @pytest.fixture
