@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from worker.localstack.ports import LOOPBACK, free_port, redis_process_id
 from worker.localstack.servers import RedisServer
@@ -134,7 +135,7 @@ class SentinelStack:
             try:
                 with Redis(host=LOOPBACK, port=sentinel.port, socket_timeout=1) as client:
                     return int(client.sentinel_get_master_addr_by_name(self.master_name)[1])
-            except OSError:
+            except (RedisError, OSError):  # one Sentinel slow or gone mid-failover: ask the next
                 continue
         raise RuntimeError("no Sentinel answers")
 
