@@ -46,8 +46,8 @@ def _throwaway(server: PostgresServer | RedisServer, external_url_variable: str)
     if os.environ.get(external_url_variable):
         yield None
         return
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.remove()

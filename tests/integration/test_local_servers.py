@@ -72,6 +72,7 @@ def test_a_sentinel_whose_port_a_plain_redis_holds_fails_to_start(running_redis:
     try:
         with pytest.raises(RuntimeError, match="redis sentinel"):
             sentinel.start()
+        assert sentinel.process is not None and sentinel.process.poll() is not None  # nothing left running
     finally:
         sentinel.remove()
         squatter.remove()

@@ -66,13 +66,17 @@ class SentinelServer:
             if answering == self.process.pid:
                 return
             time.sleep(0.02)
+        self.stop()  # not left running unseen
         by = f" (process {answering} answers there)" if answering else ""
         raise RuntimeError(f"redis sentinel did not answer on port {self.port}{by}; see {self.directory}")
 
-    def remove(self) -> None:
+    def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(30)
+
+    def remove(self) -> None:
+        self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -107,15 +111,19 @@ class SentinelStack:
     def start(self, timeout: float = 30.0) -> None:
         """Start everything and return once every replica is in sync and every Sentinel sees the whole
         topology (writing earlier, `WAIT 1` right after start returned 0)."""
-        for server in [self.master, *self.replicas]:
-            server.start()
-        for sentinel in self.sentinels:
-            sentinel.start()
-        deadline = time.monotonic() + timeout
-        while not self._in_sync():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Sentinel topology not in sync after {timeout:.0f} s; see {self.directory}")
-            time.sleep(0.1)
+        try:
+            for server in [self.master, *self.replicas]:
+                server.start()
+            for sentinel in self.sentinels:
+                sentinel.start()
+            deadline = time.monotonic() + timeout
+            while not self._in_sync():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Sentinel topology not in sync after {timeout:.0f} s; see {self.directory}")
+                time.sleep(0.1)
+        except BaseException:  # nothing of a stack that did not start is left running
+            self.stop_all()
+            raise
 
     def _in_sync(self) -> bool:
         for replica in self.replicas:
@@ -139,9 +147,12 @@ class SentinelStack:
                 continue
         raise RuntimeError("no Sentinel answers")
 
-    def remove(self) -> None:
+    def stop_all(self) -> None:
         for sentinel in self.sentinels:
-            sentinel.remove()
+            sentinel.stop()
         for server in [*self.replicas, self.master]:
-            server.remove()
+            server.stop()
+
+    def remove(self) -> None:
+        self.stop_all()
         shutil.rmtree(self.directory, ignore_errors=True)

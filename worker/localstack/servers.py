@@ -161,6 +161,7 @@ class RedisServer:
             if answering == self.process.pid:
                 return
             time.sleep(0.02)
+        self.stop()  # not left running unseen
         by = f"; process {answering} answers there" if answering else ""
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s{by}")
 
