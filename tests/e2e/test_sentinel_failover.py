@@ -62,7 +62,9 @@ PRODUCER = textwrap.dedent(
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    written = path.read_text()
+    complete = written[: written.rfind("\n") + 1]  # the producer may be writing the last line right now
+    return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
 
 def _acknowledged(path: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
 
-from tests.db import query, scalar
+from tests.db import query
 from tests.polling import wait_for
 from tests.runtimes import ended_by_cancelling, hold_a_transaction_open
 from worker.edge import scheduled_jobs
@@ -68,19 +68,20 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
 ) -> None:
     """The outbox sweep waits on a lock held elsewhere, as a long job would run on, until its soft time limit
     fires: the runtime it ran on (whose loop still holds the half-run sweep) is replaced, and its session ended."""
-    statements = ("BEGIN", "LOCK TABLE batch", "SELECT pg_sleep(3)", "COMMIT")
+    statements = ("BEGIN", "LOCK TABLE batch", "SELECT pg_sleep(300)", "COMMIT")  # ended by the test
     psql = ["psql", "-q", database_url.replace("+asyncpg", "")]
     holder = subprocess.Popen(psql + [word for sql in statements for word in ("-c", sql)], stdout=subprocess.DEVNULL)
     cut = current_runtime()
     previous = signal.signal(signal.SIGALRM, _soft_time_limit)
+    holding = "FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'batch'::regclass"
     try:
-        held = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'batch'::regclass"
-        wait_for(lambda: scalar(database_url, held) == 1, what="the lock to be held")
+        wait_for(lambda: query(database_url, f"SELECT pid {holding}"), what="the lock to be held")
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(SoftTimeLimitExceeded):
             scheduled_jobs.sweep_unpublished()
         signal.setitimer(signal.ITIMER_REAL, 0)
         half_run = asyncio.all_tasks(cut.loop)
+        query(database_url, f"SELECT pg_terminate_backend(pid) {holding}")  # the lock ends with its session
         holder.wait(30)
 
         assert half_run and current_runtime() is not cut
@@ -90,6 +91,7 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        query(database_url, f"SELECT pg_terminate_backend(pid) {holding}")  # a psql killed would leave it held
         holder.kill()
         holder.wait(30)
         stop_runtime()
