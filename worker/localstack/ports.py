@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 from redis import Redis
@@ -79,3 +81,20 @@ def redis_process_id(port: int, password: str | None = None) -> int | None:
         return None
     finally:
         client.close()
+
+
+def wait_until_answering(
+    process: subprocess.Popen[bytes], port: int, *, password: str | None = None, timeout: float = 15.0
+) -> None:
+    """Return once the Redis (or Sentinel) started as `process` answers on `port` with its data loaded;
+    RuntimeError if it exits first, or if after `timeout` seconds it does not (saying who answers there)."""
+    deadline, answering = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        answering = redis_process_id(port, password)
+        if answering == process.pid:
+            return
+        time.sleep(0.02)
+    by = f"; process {answering} answers there" if answering else ""
+    raise RuntimeError(f"did not answer on port {port} within {timeout:.0f} s{by}")

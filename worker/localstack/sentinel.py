@@ -11,7 +11,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.localstack.ports import LOOPBACK, free_port, redis_process_id
+from worker.localstack.ports import LOOPBACK, free_port, wait_until_answering
 from worker.localstack.servers import RedisServer
 
 
@@ -58,17 +58,11 @@ class SentinelServer:
         self.process = subprocess.Popen(
             ["redis-server", str(self.config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
         )
-        deadline, answering = time.monotonic() + 15, None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis sentinel exited with {self.process.returncode}; see {self.directory}")
-            answering = redis_process_id(self.port)
-            if answering == self.process.pid:
-                return
-            time.sleep(0.02)
-        self.stop()  # not left running unseen
-        by = f" (process {answering} answers there)" if answering else ""
-        raise RuntimeError(f"redis sentinel did not answer on port {self.port}{by}; see {self.directory}")
+        try:
+            wait_until_answering(self.process, self.port)
+        except RuntimeError as error:
+            self.stop()  # not left running unseen
+            raise RuntimeError(f"redis sentinel {error}; see {self.directory}") from None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -10,11 +10,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from worker.localstack.ports import LOOPBACK, free_port, redis_process_id
+from worker.localstack.ports import LOOPBACK, free_port, wait_until_answering
 from worker.settings import get_settings
 
 PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
@@ -149,21 +148,11 @@ class RedisServer:
             command += ["--replicaof", LOOPBACK, str(self.replica_of)]
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_until_ready()
-
-    def _wait_until_ready(self, timeout: float = 15.0) -> None:
-        deadline, answering = time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.directory}")
-            answering = redis_process_id(self.port, self.password)
-            if answering == self.process.pid:
-                return
-            time.sleep(0.02)
-        self.stop()  # not left running unseen
-        by = f"; process {answering} answers there" if answering else ""
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s{by}")
+        try:
+            wait_until_answering(self.process, self.port, password=self.password)
+        except RuntimeError as error:
+            self.stop()  # not left running unseen
+            raise RuntimeError(f"redis-server {error}; see {self.directory}") from None
 
     def pid(self) -> int:
         assert self.process is not None, "the server is not running"
