@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from typing import cast
 
@@ -13,7 +12,7 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from tests.db import published_batches, query, scalar
+from tests.db import hold_the_batch_table, published_batches, query, release_the_batch_table, scalar
 from tests.e2e.conftest import FAST_RECOVERY, FAST_SCHEDULE, StartBeat, StartWorker
 from tests.e2e.pipeline_state import describe_pipeline
 from tests.e2e.workers import WorkerProcess
@@ -196,22 +195,14 @@ def test_a_task_stuck_on_a_lock_retries_until_released_and_leaves_no_session_idl
     # of the 8 s soft time limit), as a retryable error, long before Celery's limits would. The worker is ready
     # before the lock is taken, so how long it takes to start changes nothing.
     worker = start_worker("stuck", env=FAST_RECOVERY)
-    holding = "FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'batch'::regclass"
-    statements = ("BEGIN", "LOCK TABLE batch", "SELECT pg_sleep(300)", "COMMIT")
-    holder = subprocess.Popen(
-        ["psql", "-q", database_url.replace("+asyncpg", "")] + [word for sql in statements for word in ("-c", sql)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    holder = hold_the_batch_table(database_url)
     try:
-        wait_for(lambda: query(database_url, f"SELECT pid {holding}"), what="the lock to be held")
         receipt = enqueue_batch(list(generate_traces(30)), source="stuck")
         wait_for(
             lambda: "canceling statement due to lock timeout" in worker.log(), timeout=60, what="a claim cut by it"
         )
-    finally:  # the lock ends with its session
-        query(database_url, f"SELECT pg_terminate_backend(pid) {holding}")
-        holder.wait(30)
+    finally:
+        release_the_batch_table(database_url, holder)
     result = AsyncResult(receipt.task_id, app=app).get(timeout=90)
 
     assert result["state"] == "ingested" and result["count"] == 30

@@ -80,7 +80,14 @@ def _nothing_left_to_land(redis_url: str) -> Iterator[None]:
     yield
     if _module_workers:
         client = redis.Redis.from_url(redis_url)
-        wait_for(lambda: client.llen("ingest") == 0 and client.hlen("unacked") == 0, what="the queued batches done")
+        wait_for(
+            lambda: client.llen("ingest") == 0 and client.hlen("unacked") == 0,
+            what="the queued batches done",
+            explain=lambda: (
+                f"queued {client.llen('ingest')}, unacked {client.hlen('unacked')}, worker running "
+                f"{all(worker.running() for worker in _module_workers)}"
+            ),
+        )
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ fails to start loudly, and ports handed out before their servers start are never
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,17 +78,28 @@ def test_a_sentinel_whose_port_a_plain_redis_holds_fails_to_start(running_redis:
         squatter.remove()
 
 
-def test_a_postgresql_that_does_not_stop_says_so(tmp_path: Path) -> None:
+def test_a_postgresql_that_does_not_stop_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stop that fails is an error, not a server left running unseen after the tests."""
     server = PostgresServer(tmp_path / "pg")
     server.start()
-    real_pid = server.pid()
     try:
-        (server.data / "postmaster.pid").write_text("999999999\n")  # pg_ctl now signals no such process
+        with monkeypatch.context() as failing:
+            refused = subprocess.CompletedProcess([], 1, b"", b"pg_ctl: server does not shut down")
+            failing.setattr(server, "_pg_ctl", lambda *_: refused)
 
-        with pytest.raises(RuntimeError, match="PostgreSQL did not stop"):
-            server.stop()
+            with pytest.raises(RuntimeError, match="PostgreSQL did not stop: pg_ctl: server does not shut down"):
+                server.stop()
     finally:
-        os.kill(real_pid, signal.SIGTERM)  # a "smart" shutdown, done by hand
-        wait_for(lambda: not Path(f"/proc/{real_pid}").exists(), what="PostgreSQL to stop")
-        shutil.rmtree(server.directory, ignore_errors=True)
+        server.remove()
+    assert not server.data.exists()
+
+
+def test_a_postgresql_killed_from_outside_counts_as_stopped(tmp_path: Path) -> None:
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    postmaster = server.pid()
+    os.kill(postmaster, signal.SIGKILL)  # its pid file stays behind
+    wait_for(lambda: not Path(f"/proc/{postmaster}/exe").exists(), what="the postmaster gone")  # reaped or zombie
+
+    server.remove()
+    assert not server.directory.exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import subprocess
 import time
 from types import FrameType
 
@@ -14,7 +13,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
 
-from tests.db import query
+from tests.db import hold_the_batch_table, query, release_the_batch_table
 from tests.polling import wait_for
 from tests.runtimes import ended_by_cancelling, hold_a_transaction_open
 from worker.edge import scheduled_jobs
@@ -68,21 +67,16 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
 ) -> None:
     """The outbox sweep waits on a lock held elsewhere, as a long job would run on, until its soft time limit
     fires: the runtime it ran on (whose loop still holds the half-run sweep) is replaced, and its session ended."""
-    statements = ("BEGIN", "LOCK TABLE batch", "SELECT pg_sleep(300)", "COMMIT")  # ended by the test
-    psql = ["psql", "-q", database_url.replace("+asyncpg", "")]
-    holder = subprocess.Popen(psql + [word for sql in statements for word in ("-c", sql)], stdout=subprocess.DEVNULL)
+    holder = hold_the_batch_table(database_url)
     cut = current_runtime()
     previous = signal.signal(signal.SIGALRM, _soft_time_limit)
-    holding = "FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'batch'::regclass"
     try:
-        wait_for(lambda: query(database_url, f"SELECT pid {holding}"), what="the lock to be held")
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(SoftTimeLimitExceeded):
             scheduled_jobs.sweep_unpublished()
         signal.setitimer(signal.ITIMER_REAL, 0)
         half_run = asyncio.all_tasks(cut.loop)
-        query(database_url, f"SELECT pg_terminate_backend(pid) {holding}")  # the lock ends with its session
-        holder.wait(30)
+        release_the_batch_table(database_url, holder)
 
         assert half_run and current_runtime() is not cut
         wait_for(lambda: query(database_url, _STATES, name=cut.application_name) == [], what="its session to end")
@@ -91,9 +85,7 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        query(database_url, f"SELECT pg_terminate_backend(pid) {holding}")  # a psql killed would leave it held
-        holder.kill()
-        holder.wait(30)
+        release_the_batch_table(database_url, holder)
         stop_runtime()
 
 

@@ -67,7 +67,11 @@ class SentinelServer:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(30)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
     def remove(self) -> None:
         self.stop()
@@ -116,7 +120,7 @@ class SentinelStack:
                     raise RuntimeError(f"Sentinel topology not in sync after {timeout:.0f} s; see {self.directory}")
                 time.sleep(0.1)
         except BaseException:  # nothing of a stack that did not start is left running
-            self.stop_all()
+            self.stop()
             raise
 
     def _in_sync(self) -> bool:
@@ -141,12 +145,12 @@ class SentinelStack:
                 continue
         raise RuntimeError("no Sentinel answers")
 
-    def stop_all(self) -> None:
+    def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.stop()
         for server in [*self.replicas, self.master]:
             server.stop()
 
     def remove(self) -> None:
-        self.stop_all()
+        self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -91,9 +91,16 @@ class PostgresServer:
 
     def stop(self, mode: str = "fast") -> None:
         stopped = self._pg_ctl("-m", mode, "-w", "stop")
-        if stopped.returncode != 0 and (self.data / "postmaster.pid").exists():  # not merely stopped already
+        if stopped.returncode != 0 and self._postmaster_alive():  # not merely stopped already, or killed
             said = stopped.stderr.decode(errors="replace").strip()
             raise RuntimeError(f"PostgreSQL did not stop: {said}; see {self.directory}")
+
+    def _postmaster_alive(self) -> bool:
+        try:
+            os.kill(self.pid(), 0)
+        except (OSError, ValueError, IndexError):  # no pid file, a stale one, or no such process
+            return False
+        return True
 
     def remove(self) -> None:
         self.stop()
@@ -167,7 +174,10 @@ class RedisServer:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()  # SIGTERM: redis flushes the append-only file before exiting
-            self.process.wait(30)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
         self.process = None
 
     def remove(self) -> None:
