@@ -11,6 +11,17 @@ import time
 from pathlib import Path
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM to one process (a server writes out what it holds), SIGKILL if it is still there after `timeout`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 class ChildProcess:
     """A long-running command with its output in `log_path`."""
 

@@ -12,6 +12,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from worker.localstack.ports import LOOPBACK, free_port, wait_until_answering
+from worker.localstack.processes import terminate
 from worker.localstack.servers import RedisServer
 
 
@@ -65,13 +66,8 @@ class SentinelServer:
             raise RuntimeError(f"redis sentinel {error}; see {self.directory}") from None
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process:
+            terminate(self.process)
 
     def remove(self) -> None:
         self.stop()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from worker.localstack.ports import LOOPBACK, free_port, wait_until_answering
+from worker.localstack.processes import terminate
 from worker.settings import get_settings
 
 PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
@@ -172,12 +173,8 @@ class RedisServer:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: redis flushes the append-only file before exiting
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process:
+            terminate(self.process)  # SIGTERM: redis flushes the append-only file before exiting
         self.process = None
 
     def remove(self) -> None:
