@@ -4,29 +4,37 @@ transaction open."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from sqlalchemy import text
 
 from worker.edge.runtime import Runtime
 
 
-def hold_a_transaction_open(runtime: Runtime) -> asyncio.Task[None]:
-    """Start a task on `runtime`'s loop that opens a session, begins a transaction and then waits forever, and
-    return once the transaction is open (the task still pending, as an interrupted delivery's is)."""
-    began = asyncio.Event()
+def start_pending(runtime: Runtime, work: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+    """Start `work(began)` as a task on `runtime`'s loop and return once it sets `began`, the task still pending
+    (as an interrupted delivery's is)."""
 
-    async def begin_and_hang() -> None:
+    async def start() -> asyncio.Task[None]:
+        began = asyncio.Event()
+        task = asyncio.create_task(work(began))
+        await began.wait()
+        return task
+
+    return runtime.run(start())
+
+
+def hold_a_transaction_open(runtime: Runtime) -> asyncio.Task[None]:
+    """A pending task on `runtime`'s loop that has opened a session and begun a transaction, and waits forever."""
+
+    async def begin_and_hang(began: asyncio.Event) -> None:
         async with runtime.session() as session:
             await session.execute(text("SELECT 1"))
             began.set()
             await asyncio.Event().wait()
 
-    async def start() -> asyncio.Task[None]:
-        task = asyncio.create_task(begin_and_hang())
-        await began.wait()
-        return task
-
-    return runtime.run(start())
+    return start_pending(runtime, begin_and_hang)
 
 
 def end_held_transaction(runtime: Runtime, task: asyncio.Task[None]) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from tests.db import hold_the_batch_table, query, release_the_batch_table
 from tests.polling import wait_for
-from tests.runtimes import ended_by_cancelling, hold_a_transaction_open
+from tests.runtimes import ended_by_cancelling, hold_a_transaction_open, start_pending
 from worker.edge import scheduled_jobs
 from worker.edge.runtime import Runtime, current_runtime, replace_abandoned_runtime, stop_runtime
 from worker.settings import get_settings
@@ -91,9 +91,8 @@ def test_a_scheduled_job_cut_by_its_soft_time_limit_leaves_its_half_run_work_to_
 
 def test_freeing_an_abandoned_runtime_ends_in_time_however_its_half_run_work_hangs() -> None:
     runtime = Runtime(get_settings())
-    began = asyncio.Event()
 
-    async def cleanup_that_hangs() -> None:
+    async def cleanup_that_hangs(began: asyncio.Event) -> None:
         """As a session's close on a connection that never answers: SQLAlchemy carries on through cancels."""
         try:
             began.set()
@@ -103,12 +102,7 @@ def test_freeing_an_abandoned_runtime_ends_in_time_however_its_half_run_work_han
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.Event().wait()
 
-    async def start() -> asyncio.Task[None]:
-        task = asyncio.create_task(cleanup_that_hangs())
-        await began.wait()
-        return task
-
-    hanging = runtime.run(start())
+    hanging = start_pending(runtime, cleanup_that_hangs)
     started = time.monotonic()
     runtime.discard(timeout_s=0.5)
 
